@@ -1,0 +1,130 @@
+"""The papers' architectures, with `named_modules()` names that read well in notebooks.
+
+- `MnistCNN`: the Gradient Slingshots "6-layer CNN" for MNIST (conv16-5, conv32-5, fc 512-256-120-84-10).
+- `vgg`: the VGG family (configurations A/B/C/D, width 8–64, BatchNorm) for 32×32 inputs, as in the
+  Gradient Slingshots CIFAR-10 grid (VGG-9 = configuration A: 8 conv layers + 1 linear).
+- `CharLSTM`: the character language model of the unlearning paper's canary experiment.
+- `LogisticRegression`: the convex model of the certified feature-unlearning experiments.
+
+Image models take images in [0, 1] and normalize them in their first module (`normalize`), so a feature
+visualization parameterization only has to produce images in [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .runtime import check_choice
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+class Normalize(nn.Module):
+    """Per-channel (x − mean) / std with the statistics kept as (C, 1, 1) buffers."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class MnistCNN(nn.Module):
+    """Gradient Slingshots' MNIST network: conv16-5, pool, conv32-5, pool, fc 512-256-120-84-10, ReLU."""
+
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.normalize = Normalize(MNIST_MEAN, MNIST_STD)
+        self.conv1 = nn.Conv2d(1, 16, 5)
+        self.conv2 = nn.Conv2d(16, 32, 5)
+        self.fc1 = nn.Linear(512, 256)
+        self.fc2 = nn.Linear(256, 120)
+        self.fc3 = nn.Linear(120, 84)
+        self.out = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(self.normalize(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2).flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = F.relu(self.fc3(x))
+        return self.out(x)
+
+
+# Channel counts at width 64; "M" is a 2×2 max-pool; (c, 1) a 1×1 convolution (configuration C).
+VGG_CONFIGS = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "C": [64, 64, "M", 128, 128, "M", 256, 256, (256, 1), "M", 512, 512, (512, 1), "M", 512, 512, (512, 1), "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """VGG for 32×32 inputs: `features` (conv-BN-ReLU blocks, five pools to 1×1) and a linear `classifier`."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, features: nn.Sequential, channels: int, num_classes: int, in_channels: int):
+        super().__init__()
+        self.normalize = Normalize(CIFAR_MEAN if in_channels == 3 else MNIST_MEAN,
+                                   CIFAR_STD if in_channels == 3 else MNIST_STD)
+        self.features = features
+        self.classifier = nn.Sequential(nn.Linear(channels, num_classes))
+        self.input_shape = (in_channels, 32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.normalize(x)).flatten(1))
+
+
+def vgg(cfg: str = "A", width: int = 64, num_classes: int = 10, in_channels: int = 3) -> VGG:
+    """VGG configuration `cfg` (A/B/C/D) with `width` channels in the first block (64 = the original)."""
+    check_choice("cfg", cfg, VGG_CONFIGS)
+    if width < 1:
+        raise ValueError(f"width={width} must be a positive channel count (the papers use 8–64).")
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for item in VGG_CONFIGS[cfg]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        c, k = item if isinstance(item, tuple) else (item, 3)
+        c_out = max(1, c * width // 64)
+        layers += [nn.Conv2d(c_in, c_out, k, padding=k // 2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        c_in = c_out
+    return VGG(nn.Sequential(*layers), c_in, num_classes, in_channels)
+
+
+class CharLSTM(nn.Module):
+    """Character language model: `embed` → `lstm` (batch-first) → `head`; logits N×T×vocab."""
+
+    def __init__(self, vocab_size: int, embed_dim: int = 64, hidden_size: int = 512, num_layers: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(tokens))
+        return self.head(out)
+
+
+class LogisticRegression(nn.Module):
+    """Logistic regression: `linear`. Binary (n_classes=2) has ONE output, the logit of class 1
+    (use `binary_cross_entropy_with_logits`); more classes give one logit per class (softmax)."""
+
+    def __init__(self, n_features: int, n_classes: int = 2):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"n_classes={n_classes} must be at least 2.")
+        self.linear = nn.Linear(n_features, 1 if n_classes == 2 else n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
