@@ -1,0 +1,128 @@
+"""Tests of lib.featvis against independent oracles (numpy.fft, direct indexing, one-at-a-time runs)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lib import featvis
+from lib.models import MnistCNN
+
+
+def tiny_cnn(channels: int = 1, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(channels, 4, 3), nn.ReLU(),
+                         nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU()),
+                         nn.Flatten(), nn.Linear(6 * 8 * 8, 5))
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 12), (3, 9, 14), (3, 16, 11)])
+def test_fourier_round_trip_and_scale(shape):
+    eta = featvis.Parameterization("fourier", shape, decay=0.8)
+    x = torch.rand(2, *shape) * 0.98 + 0.01
+    assert torch.allclose(eta(eta.inverse(x)), x, atol=1e-5)
+    c, h, w = shape
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+    expected = 1.0 / np.maximum(np.sqrt(fy ** 2 + fx ** 2), 1.0 / max(h, w)) ** 0.8
+    np.testing.assert_allclose(featvis.fourier_scale(h, w, 0.8).numpy(), expected, rtol=1e-6)
+
+
+def test_fourier_forward_matches_numpy():
+    eta = featvis.Parameterization("fourier", (3, 8, 10), decay=1.0)
+    q = torch.randn(1, *eta.shape)
+    spectrum = (q[..., 0] + 1j * q[..., 1]).numpy()[0] * featvis.fourier_scale(8, 10).numpy()
+    image = np.fft.irfft2(spectrum, s=(8, 10), norm="ortho")
+    image = np.einsum("cd,dhw->chw", featvis.color_matrix().numpy(), image)
+    np.testing.assert_allclose(eta(q)[0].numpy(), 1 / (1 + np.exp(-image)), atol=1e-5)
+    assert featvis.color_matrix().norm(dim=0).max().item() == pytest.approx(1.0)
+
+
+def test_pixel_uses_model_normalization_exactly():
+    model = MnistCNN()
+    eta = featvis.parameterization("pixel", (1, 28, 28), model)
+    x = torch.rand(3, 1, 28, 28)
+    q = eta.inverse(x)
+    assert torch.allclose(model.normalize(x), q, atol=1e-6)  # q is the normalized image
+    assert torch.allclose(eta(q), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["sgd", "sgd+gc", "tr", "adam", "adam+gc+tr"])
+def test_optimization_raises_activation(strategy):
+    model = tiny_cnn()
+    lr = 0.05 if strategy.startswith("adam") else 2.0
+    res = featvis.visualize(model, "4", [0, 3], (1, 12, 12), n_inits=2, strategy=strategy, lr=lr,
+                            steps=30, seed=1)
+    assert res.images.shape == (2, 2, 1, 12, 12) and res.trajectory.shape == (31, 2, 2)
+    assert (res.trajectory[-1] > 1.3 * res.trajectory[0]).all() and (res.trajectory[0] > 0).all()
+
+
+@pytest.mark.parametrize("strategy,param", [("sgd+gc", "pixel"), ("adam+gc+tr", "fourier")])
+def test_batched_equals_one_at_a_time(strategy, param):
+    model = tiny_cnn(channels=3)
+    kw = dict(param=param, strategy=strategy, lr=0.05, steps=15)
+    batched = featvis.visualize(model, "2.0", [1, 4, 2], (3, 12, 12), n_inits=3, seed=5, **kw)
+    for ui, unit in enumerate([1, 4, 2]):
+        for i in range(3):
+            alone = featvis.visualize(model, "2.0", unit, (3, 12, 12), n_inits=1, seed=5 + i, **kw)
+            torch.testing.assert_close(alone.q[0, 0], batched.q[ui, i], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(alone.trajectory[:, 0, 0], batched.trajectory[:, ui, i],
+                                       atol=1e-4, rtol=1e-4)
+
+
+def test_conv_channel_mean_and_nested_hook_removed():
+    model = tiny_cnn()
+    x = torch.randn(4, 1, 12, 12)
+    out = featvis.layer_output(model, "2.0", x)
+    direct = model[2][0](model[1](model[0](x)))
+    torch.testing.assert_close(out, direct)
+    torch.testing.assert_close(featvis.unit_values(out, torch.tensor([0, 5, 2, 2])),
+                               torch.stack([direct[0, 0].mean(), direct[1, 5].mean(),
+                                            direct[2, 2].mean(), direct[3, 2].mean()]))
+    assert not model[2][0]._forward_hooks
+
+
+def test_hook_removed_when_forward_fails():
+    model = tiny_cnn()
+    with pytest.raises(RuntimeError):
+        featvis.layer_output(model, "0", torch.zeros(1, 2, 12, 12))
+    assert not model[0]._forward_hooks
+
+
+def test_callable_objective():
+    model = tiny_cnn()
+    res = featvis.visualize(model, "4", lambda out: out[:, 0] - out[:, 1], (1, 12, 12), steps=20, lr=0.05)
+    assert res.trajectory[-1, 0, 0] > res.trajectory[0, 0, 0]
+
+
+def test_clear_errors():
+    model = MnistCNN()
+    with pytest.raises(ValueError, match=r"fc3"):
+        featvis.visualize(model, "fc_3", 0, (1, 28, 28), steps=1)
+    with pytest.raises(ValueError, match="out of range"):
+        featvis.visualize(model, "out", 10, (1, 28, 28), steps=1)
+    with pytest.raises(ValueError, match="image_shape"):
+        featvis.visualize(model, "out", 0, (1, 32, 32), steps=1)
+    with pytest.raises(ValueError, match="strategy"):
+        featvis.visualize(model, "out", 0, (1, 28, 28), strategy="sgd+tr")
+    with pytest.raises(ValueError, match="does not match"):
+        featvis.Parameterization("fourier", (3, 8, 8)).inverse(torch.rand(1, 8, 8))
+
+
+def test_natural_examples_are_top_k():
+    model = tiny_cnn()
+    x = torch.randn(50, 1, 12, 12)
+    idx, vals = featvis.natural_examples(model, "4", [2, 0], x, k=4, batch_size=7)
+    with torch.no_grad():
+        logits = model(x)
+    for row, unit in enumerate([2, 0]):
+        expected = torch.argsort(logits[:, unit], descending=True)[:4]
+        assert idx[row].tolist() == expected.tolist()
+        torch.testing.assert_close(vals[row], logits[expected, unit])
+
+
+def test_model_left_unchanged_and_mode_restored():
+    model = tiny_cnn()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    featvis.visualize(model, "4", 0, (1, 12, 12), steps=5)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
