@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 
 from .runtime import notebook_name, results_dir
 
 
-def savefig(fig: plt.Figure, name: str) -> Path:
-    """Save `fig` as `$REPRO_RESULTS/figures/<notebook>_<name>.png` and return the path."""
+def savefig(fig: plt.Figure, name: str) -> None:
+    """Save `fig` as `$REPRO_RESULTS/figures/<notebook>_<name>.png`.
+
+    Returns None on purpose: a returned path would print in notebooks (nbval ignores the trailing `;`).
+    """
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     path = results_dir() / "figures" / f"{notebook_name()}_{safe}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
 
 
 def image_grid(images: torch.Tensor, nrow: int, titles: list[str] | None = None,
