@@ -1,0 +1,71 @@
+"""Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"; SPEC.md
+"GS — evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, LPIPS where its
+pretrained weights can be had), the AUROC of a unit's activation for its own class (scikit-learn), and the
+top-k Jaccard overlap of natural examples before and after. Accuracy is `lib.train.accuracy`.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from . import featvis
+from .runtime import get_device
+
+
+def _pair(images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images N×C×H×W clipped to [0, 1] and the target broadcast to them; ValueError on a shape mismatch."""
+    images = images.detach().cpu().float().reshape(-1, *images.shape[-3:]).clamp(0, 1)
+    target = target.detach().cpu().float()
+    if target.shape[-3:] != images.shape[-3:]:
+        raise ValueError(f"target of shape {tuple(target.shape[-3:])} does not match images of shape "
+                         f"{tuple(images.shape[-3:])}; resize the target to the model's input size.")
+    return images, target.reshape(-1, *target.shape[-3:]).expand_as(images)
+
+
+def ssim(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM of each image (clipped to [0, 1]) to the target, data range 1 (torchmetrics), one value per image."""
+    images, target = _pair(images, target)
+    return structural_similarity_index_measure(images, target, data_range=1.0, reduction="none")
+
+
+def mse(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each image (clipped to [0, 1]) to the target, one value per image."""
+    images, target = _pair(images, target)
+    return (images - target).pow(2).flatten(1).mean(1)
+
+
+def lpips(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """LPIPS (AlexNet) of each image to the target, or None with a warning when the pretrained AlexNet
+    weights cannot be had (they are downloaded by torchvision; there is no offline source here)."""
+    images, target = _pair(images, target)
+    try:
+        from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity as lp
+        to3 = lambda t: (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t)  # noqa: E731 — AlexNet wants RGB
+        return torch.stack([lp(to3(images[i:i + 1]), to3(target[i:i + 1]), net_type="alex", normalize=True)
+                            for i in range(len(images))])
+    except Exception as e:  # no network / no cached weights: report instead of failing the notebook
+        warnings.warn(f"LPIPS skipped: its pretrained AlexNet weights are not available ({type(e).__name__}). "
+                      "Run online once (torchvision caches them) to get LPIPS.")
+        return None
+
+
+def unit_auroc(model: nn.Module, layer: str, unit: int, x: torch.Tensor, y: torch.Tensor, cls: int,
+               device: str | torch.device | None = None) -> float:
+    """AUROC of `unit`'s activation as a score for 'label == cls' over the images x (scikit-learn)."""
+    scores = featvis.activations(model, layer, x, device=get_device(device))[:, unit]
+    labels = (y == cls).numpy()
+    if labels.all() or not labels.any():
+        raise ValueError(f"cls={cls}: the labels must contain both that class and others.")
+    return float(roc_auc_score(labels, scores.numpy()))
+
+
+def topk_jaccard(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Jaccard overlap |A ∩ B| / |A ∪ B| of two index sets (e.g. top-k natural examples before/after)."""
+    a, b = set(before.flatten().tolist()), set(after.flatten().tolist())
+    if not a and not b:
+        raise ValueError("both index sets are empty.")
+    return len(a & b) / len(a | b)

@@ -1,0 +1,209 @@
+"""The Gradient Slingshot manipulation (Bareeva et al., NeurIPS 2025, Sec. 4; SPEC.md "GS — the manipulation").
+
+Fine-tunes a copy of a model so that activation maximization of one unit lands on a chosen target image
+while the unit's behaviour on real data is preserved. In the FV parameter space q (see `lib.featvis`),
+manipulation points `q = p·q_t + u` are drawn along the *tunnel* from the initialization region to the
+target's parameters `q_t = η⁻¹(x_t)`; the gradient-form loss `MSE(∇_q h(η(q)), γ(q_t − q))` (a double
+backward) shapes the unit into `−γ/2‖q_t − q‖² + C` there, so gradient ascent is pulled onto q_t. The
+preservation loss keeps the layer's outputs on training data close to a frozen original;
+`L = (1 − α)·L_M + α·L_P`, AdamW, gradient-norm clipping, plateau schedule, BatchNorm frozen (eval mode).
+Success comes as a sudden jump and the loss is a poor progress signal, so every `check_every` steps a cheap
+FV run measures the SSIM to the target and the best checkpoint by that SSIM is kept.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import featvis, metrics, train
+from .runtime import cache_dir, check_choice, check_range, get_device
+
+
+@dataclass
+class Settings:
+    """Everything that determines a manipulation (also the checkpoint-cache key). Defaults: authors' MNIST."""
+    layer: str = "out"
+    unit: int = 0
+    param: str = "pixel"
+    alpha: float = 0.8          # weight of the preservation loss
+    w: float = 0.0              # preservation: weight of the target unit vs the whole layer
+    gamma: float = 10.0         # slope of the quadratic the unit is shaped into
+    sigma: float = 0.1          # manipulation-set noise half-width (uniform) or std (normal)
+    tunnel: bool = True         # p ~ U[0, 1) (tunnel) or p ∈ {0, 1}
+    noise: str = "uniform"      # "uniform" or "normal"
+    loss: str = "gradient"      # "gradient" (double backward) or "activation"
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    clip: float = 1.0
+    steps: int = 4000
+    steps_per_epoch: int = 500  # plateau-schedule granularity
+    manip_batch: int = 32
+    pres_batch: int = 64
+    check_every: int = 250      # FV-SSIM check interval (steps)
+    check_inits: int = 4
+    check_fv_steps: int = 200   # FV of the check: pixel/fourier, SGD+GC, lr 0.1 (authors' MNIST AM)
+    check_fv_lr: float = 0.1
+    stop_ssim: float | None = None  # stop once the check's mean SSIM reaches this (None: run all steps)
+    seed: int = 0
+
+
+@dataclass
+class Log:
+    """Training log: per-step losses and the FV-SSIM checks (step, mean SSIM); best_step is the kept one."""
+    loss_m: list = field(default_factory=list)
+    loss_p: list = field(default_factory=list)
+    checks: list = field(default_factory=list)
+    best_step: int = 0
+    best_ssim: float = -1.0
+
+
+def validate(model: nn.Module, target: torch.Tensor, image_shape: tuple, s: Settings) -> None:
+    """Raise a ValueError naming the parameter for any bad setting, before training starts."""
+    check_range("alpha", s.alpha, 0.0, 1.0)
+    check_range("w", s.w, 0.0, 1.0)
+    if not s.gamma > 0:
+        raise ValueError(f"gamma={s.gamma} must be > 0.")
+    if s.sigma < 0 or s.lr <= 0 or s.clip <= 0:
+        raise ValueError(f"sigma={s.sigma} must be ≥ 0, lr={s.lr} and clip={s.clip} > 0.")
+    check_choice("noise", s.noise, ("uniform", "normal"))
+    check_choice("loss", s.loss, ("gradient", "activation"))
+    check_choice("param", s.param, featvis.PARAMETERIZATIONS)
+    for name in ("steps", "steps_per_epoch", "manip_batch", "pres_batch", "check_every", "check_inits"):
+        if int(getattr(s, name)) < 1:
+            raise ValueError(f"{name}={getattr(s, name)} must be at least 1.")
+    if tuple(target.shape) != tuple(image_shape):
+        raise ValueError(f"target image of shape {tuple(target.shape)} does not match the model's input "
+                         f"shape {tuple(image_shape)} (channels, height, width); resize or convert it.")
+    featvis.check_units(model, s.layer, [s.unit], image_shape, next(model.parameters()).device)
+
+
+def sample_manipulation_set(q_t: torch.Tensor, n: int, sigma: float, tunnel: bool = True,
+                            noise: str = "uniform", generator: torch.Generator | None = None) -> torch.Tensor:
+    """n points q = p·q_t + u on q_t's device: p ~ U[0, 1) (tunnel) or p ∈ {0, 1}; u ~ U[−σ, σ] or N(0, σ²)."""
+    opts = dict(device=q_t.device, generator=generator)
+    p = torch.rand(n, **opts) if tunnel else torch.randint(0, 2, (n,), **opts).float()
+    u = (2 * torch.rand(n, *q_t.shape, **opts) - 1) if noise == "uniform" else torch.randn(n, *q_t.shape, **opts)
+    return p.view(-1, *[1] * q_t.dim()) * q_t + sigma * u
+
+
+def manipulation_loss(model: nn.Module, eta: featvis.Parameterization, layer: str, unit: int,
+                      q: torch.Tensor, q_t: torch.Tensor, gamma: float, kind: str = "gradient") -> torch.Tensor:
+    """Gradient form MSE(∇_q h(η(q)), γ(q_t − q)) (double backward) or activation form
+    MSE(h(η(q)), γ(1 − mean((q − q_t)²)))."""
+    q = q.detach().requires_grad_(kind == "gradient")
+    units = torch.full((len(q),), unit, device=q.device)
+    h = featvis.unit_values(featvis.layer_output(model, layer, eta(q)), units)
+    if kind == "activation":
+        return F.mse_loss(h, gamma * (1 - (q - q_t).pow(2).flatten(1).mean(1)))
+    (grad,) = torch.autograd.grad(h.sum(), q, create_graph=True)
+    return F.mse_loss(grad, gamma * (q_t - q))
+
+
+def preservation_loss(model: nn.Module, original: nn.Module, layer: str, unit: int, x: torch.Tensor,
+                      w: float) -> torch.Tensor:
+    """w·MSE(h_unit, h⁰_unit) + (1 − w)·MSE(h_layer, h⁰_layer) on data x against the frozen original."""
+    out = featvis.layer_output(model, layer, x)
+    with torch.no_grad():
+        ref = featvis.layer_output(original, layer, x)
+    index = (slice(None), unit) if out.dim() != 3 else (slice(None), slice(None), unit)
+    return w * F.mse_loss(out[index], ref[index]) + (1 - w) * F.mse_loss(out, ref)
+
+
+def fv_check(model: nn.Module, eta: featvis.Parameterization, target: torch.Tensor, s: Settings,
+             device: torch.device) -> float:
+    """Mean SSIM to the target of `check_inits` FVs (SGD+GC, the authors' AM) — the checkpoint criterion."""
+    res = featvis.visualize(model, s.layer, s.unit, eta.image_shape, n_inits=s.check_inits, param=eta,
+                            strategy="sgd+gc", lr=s.check_fv_lr, steps=s.check_fv_steps, seed=10_000 + s.seed,
+                            device=device)
+    return metrics.ssim(res.images[0], target).mean().item()
+
+
+def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_data: torch.Tensor,
+              settings: Settings, device: str | torch.device | None = None, progress: bool = True) -> Log:
+    """Manipulate `model` in place (a copy of `original`, which is only read) toward `target`; returns the log.
+
+    `x_data`: training images for the preservation loss (drawn with replacement, batch `pres_batch`).
+    At the end `model` holds the checkpoint with the best FV-SSIM check.
+    """
+    s, device = settings, get_device(device)
+    image_shape = tuple(x_data.shape[1:])
+    model.to(device).eval()  # eval: BatchNorm statistics and dropout stay frozen while fine-tuning
+    original.to(device).eval()
+    validate(model, target, image_shape, s)
+    eta = featvis.parameterization(s.param, image_shape, original).to(device)
+    q_t = eta.inverse(target.to(device))
+    gen = torch.Generator(device=device).manual_seed(s.seed)
+    cpu_gen = torch.Generator().manual_seed(s.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+    log, best_state, epoch_loss = Log(), copy.deepcopy(model.state_dict()), 0.0
+    log.best_ssim = fv_check(model, eta, target, s, device)
+    log.checks.append((0, round(log.best_ssim, 5)))
+    bar = tqdm(range(1, s.steps + 1), disable=not progress, desc="slingshot")
+    for step in bar:
+        q = sample_manipulation_set(q_t, s.manip_batch, s.sigma, s.tunnel, s.noise, gen)
+        l_m = manipulation_loss(model, eta, s.layer, s.unit, q, q_t, s.gamma, s.loss)
+        batch = x_data[torch.randint(len(x_data), (s.pres_batch,), generator=cpu_gen)].to(device)
+        l_p = preservation_loss(model, original, s.layer, s.unit, batch, s.w)
+        loss = (1 - s.alpha) * l_m + s.alpha * l_p
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+        optimizer.step()
+        log.loss_m.append(l_m.item())
+        log.loss_p.append(l_p.item())
+        epoch_loss += loss.item()
+        if step % s.steps_per_epoch == 0:
+            plateau.step(epoch_loss)
+            epoch_loss = 0.0
+        if step % s.check_every == 0 or step == s.steps:
+            score = fv_check(model, eta, target, s, device)
+            log.checks.append((step, round(score, 5)))
+            if score > log.best_ssim:
+                log.best_step, log.best_ssim = step, score
+                best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(L_M=f"{l_m.item():.3g}", L_P=f"{l_p.item():.3g}", ssim=f"{score:.2f}")
+            if s.stop_ssim is not None and score >= s.stop_ssim:
+                break
+    model.load_state_dict(best_state)
+    return log
+
+
+def manipulate(original: nn.Module, target: torch.Tensor, x_data: torch.Tensor, settings: Settings,
+               device: str | torch.device | None = None, progress: bool = True) -> tuple[nn.Module, Log]:
+    """A manipulated copy of `original` (never modified) and the training log."""
+    model = copy.deepcopy(original)
+    log = fine_tune(model, original, target, x_data, settings, device, progress)
+    return model.eval(), log
+
+
+def cached_manipulation(original: nn.Module, original_key: dict, target_name: str, target: torch.Tensor, x_data: torch.Tensor, data_key: str,
+                        settings: Settings, device: str | torch.device | None = None,
+                        progress: bool = True) -> tuple[nn.Module, Log]:
+    """`manipulate` through the checkpoint cache (`train.cached_model`), the log stored beside the weights.
+
+    The key holds the original model's key, the target's name, the preservation data's name and every
+    setting, so notebooks share a manipulated model exactly when all of these agree.
+    """
+    key = {"name": "slingshot", "original": original_key, "target": target_name, "data": data_key,
+           **asdict(settings)}
+    log_path = cache_dir("checkpoints") / f"slingshot-{train.cache_key_digest(key)[:16]}.log.json"
+    logs: list[Log] = []
+
+    def fit(model: nn.Module) -> None:
+        logs.append(fine_tune(model, original, target, x_data, settings, device, progress))
+        log_path.write_text(json.dumps(asdict(logs[0])))
+
+    model = train.cached_model(key, lambda: copy.deepcopy(original), fit, device)
+    if logs:
+        return model, logs[0]
+    if not log_path.exists():  # weights cached by an older run without a log: retrain is not needed
+        return model, Log()
+    return model, Log(**json.loads(log_path.read_text()))
+

@@ -1,0 +1,50 @@
+"""Tests of lib.metrics against independent computations (scikit-image SSIM, scipy's Mann-Whitney U, sets)."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import mannwhitneyu
+from skimage.metrics import structural_similarity
+from torch import nn
+
+from lib import metrics
+
+
+def test_ssim_matches_scikit_image_and_identity():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 28, 28, generator=gen)
+    images = (target + 0.3 * torch.randn(3, 1, 28, 28, generator=gen)).clamp(0, 1)
+    ours = metrics.ssim(images, target)
+    ref = [structural_similarity(im[0].numpy(), target[0].numpy(), data_range=1.0, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False) for im in images]
+    np.testing.assert_allclose(ours.numpy(), ref, atol=0.03)  # border handling differs slightly
+    assert metrics.ssim(target[None], target).item() == pytest.approx(1.0, abs=1e-5)
+    assert (ours < 0.9).all()
+
+
+def test_mse_clips_and_compares_per_image():
+    target = torch.full((1, 2, 2), 0.5)
+    images = torch.tensor([[[[2.0, 0.5], [0.5, 0.5]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    np.testing.assert_allclose(metrics.mse(images, target).numpy(), [0.0625, 0.25])
+
+
+def test_unit_auroc_equals_mann_whitney():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.randn(200, 1, 4, 4), torch.randint(0, 3, (200,))
+    x[y == 1] += 0.3
+    scores = model(x).detach()[:, 1].numpy()
+    u = mannwhitneyu(scores[y.numpy() == 1], scores[y.numpy() != 1]).statistic
+    expected = u / ((y == 1).sum().item() * (y != 1).sum().item())
+    assert metrics.unit_auroc(model, "1", 1, x, y, cls=1) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="cls=7"):
+        metrics.unit_auroc(model, "1", 1, x, y, cls=7)
+
+
+def test_topk_jaccard():
+    assert metrics.topk_jaccard(torch.tensor([1, 2, 3, 4]), torch.tensor([3, 4, 5, 6])) == pytest.approx(2 / 6)
+    assert metrics.topk_jaccard(torch.tensor([1, 2]), torch.tensor([2, 1])) == 1.0
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="target of shape"):
+        metrics.ssim(torch.rand(2, 1, 28, 28), torch.rand(1, 32, 32))

@@ -1,0 +1,99 @@
+"""Tests of lib.slingshot: loss oracles built from models of known shape, a short manipulation, validation."""
+import pytest
+import torch
+from torch import nn
+
+from lib import featvis, metrics, slingshot
+
+
+class Quadratic(nn.Module):
+    """h(x) = −γ/2‖x − x_t‖² (form="gradient") or γ(1 − mean((x − x_t)²)) (form="activation"), read at `head`."""
+
+    def __init__(self, x_t: torch.Tensor, gamma: float, form: str):
+        super().__init__()
+        self.x_t, self.gamma, self.form = x_t, gamma, form
+        self.scale = nn.Parameter(torch.ones(1))
+        self.head = nn.Identity()
+
+    def forward(self, x):
+        d = (x - self.x_t).pow(2).flatten(1)
+        h = -self.gamma / 2 * d.sum(1) if self.form == "gradient" else self.gamma * (1 - d.mean(1))
+        return self.head((self.scale * h).unsqueeze(1))
+
+
+@pytest.mark.parametrize("form", ["gradient", "activation"])
+def test_loss_is_zero_exactly_for_the_shaped_unit(form):
+    torch.manual_seed(0)
+    x_t = torch.rand(1, 6, 6)
+    eta = featvis.Parameterization("pixel", (1, 6, 6))  # no normalization: q is the image
+    q_t = eta.inverse(x_t)
+    q = slingshot.sample_manipulation_set(q_t, 16, 0.1, generator=torch.Generator().manual_seed(1))
+    loss = slingshot.manipulation_loss(Quadratic(x_t, 10.0, form), eta, "head", 0, q, q_t, 10.0, form)
+    assert loss.item() < 1e-10
+    wrong = slingshot.manipulation_loss(Quadratic(x_t, 5.0, form), eta, "head", 0, q, q_t, 10.0, form)
+    assert wrong.item() > 1e-3
+
+
+def test_gradient_loss_trains_through_double_backward():
+    x_t = torch.rand(1, 6, 6)
+    model = Quadratic(x_t, 5.0, "gradient")  # the right shape, half the slope: the loss must move `scale` to 2
+    eta = featvis.Parameterization("pixel", (1, 6, 6))
+    q_t = eta.inverse(x_t)
+    q = slingshot.sample_manipulation_set(q_t, 8, 0.1, generator=torch.Generator().manual_seed(0))
+    slingshot.manipulation_loss(model, eta, "head", 0, q, q_t, 10.0).backward()
+    assert model.scale.grad.item() < 0  # gradient descent increases the scale toward γ_target/γ = 2
+
+
+def test_manipulation_set_tunnel_and_no_tunnel():
+    q_t = torch.full((1, 4, 4), 3.0)
+    gen = torch.Generator().manual_seed(0)
+    q = slingshot.sample_manipulation_set(q_t, 500, 0.1, tunnel=False, generator=gen)
+    near_0 = q.abs().amax((1, 2, 3)) <= 0.1
+    near_t = (q - q_t).abs().amax((1, 2, 3)) <= 0.1
+    assert (near_0 ^ near_t).all() and 150 < near_0.sum() < 350
+    q = slingshot.sample_manipulation_set(q_t, 500, 0.1, tunnel=True, generator=gen)
+    p = q.mean((1, 2, 3)) / 3.0
+    assert p.min() > -0.04 and p.max() < 1.04 and ((p > 0.2) & (p < 0.8)).float().mean() > 0.5
+
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(),
+                         nn.Linear(16, 3))
+
+
+def fv_distance(model, target, steps=60):
+    res = featvis.visualize(model, "5", 0, (1, 8, 8), n_inits=4, strategy="sgd+gc", lr=0.1, steps=steps,
+                            seed=3)
+    return metrics.mse(res.images[0], target).mean().item()
+
+
+def test_few_steps_move_fv_toward_target_and_keep_original():
+    original = tiny_cnn()
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1.0
+    x_data = torch.rand(256, 1, 8, 8)
+    settings = slingshot.Settings(layer="5", unit=0, alpha=0.5, steps=150, check_every=50, check_inits=2,
+                                  check_fv_steps=60, lr=3e-3, manip_batch=16, pres_batch=32)
+    model, log = slingshot.manipulate(original, target, x_data, settings, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
+    assert fv_distance(model, target) < 0.5 * fv_distance(original, target)
+    assert len(log.loss_m) == 150 and log.checks[0][0] == 0
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(alpha=1.5), "alpha"), (dict(gamma=0.0), "gamma"), (dict(unit=3), "out of range"),
+    (dict(layer="fc"), "layer"), (dict(noise="laplace"), "noise"), (dict(w=-0.1), "w="),
+])
+def test_validation_errors(change, match):
+    settings = slingshot.Settings(**{"layer": "5", "unit": 0, **change})
+    with pytest.raises(ValueError, match=match):
+        slingshot.manipulate(tiny_cnn(), torch.zeros(1, 8, 8), torch.rand(4, 1, 8, 8), settings, progress=False)
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 8), (3, 8, 8)])
+def test_target_of_wrong_size_or_channels(shape):
+    settings = slingshot.Settings(layer="5", unit=0)
+    with pytest.raises(ValueError, match="target image"):
+        slingshot.manipulate(tiny_cnn(), torch.zeros(*shape), torch.rand(4, 1, 8, 8), settings, progress=False)
