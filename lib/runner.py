@@ -95,6 +95,17 @@ def write_summary(results: Path, summary: dict) -> None:
     (results / "summary.md").write_text("\n".join(lines) + "\n")
 
 
+def update_readme(readme: Path, summary_md: str) -> None:
+    """Replace the README's results table (between its two markers) with the tables of `summary_md`."""
+    start, end = "<!-- results-table -->", "<!-- /results-table -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return
+    body = summary_md.split("\n", 2)[2].strip()  # drop the summary's own title line
+    head, rest = text.split(start, 1)
+    readme.write_text(f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick", choices=PROFILES,
@@ -133,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                "notebooks": [previous[k] for k in sorted(previous)],
                "claims": collect(results, "claims"), "metrics": collect(results, "metrics")}
     write_summary(results, summary)
+    if args.profile == "quick" and not args.only and not args.notebooks and not args.results:
+        update_readme(root / "README.md", (results / "summary.md").read_text())
 
     failed = [r for r in runs if r["status"] != "passed"]
     print("\nnotebook                                   status   seconds")

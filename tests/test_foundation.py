@@ -226,3 +226,10 @@ def test_runner_runs_all_reports_failures_and_claims(tmp_path, capsys):
                         "--only", "01_"]) == 0
     with pytest.raises(SystemExit):
         runner.main(["--profile", "bogus"])
+
+
+def test_update_readme_replaces_only_the_table(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results-table -->\nold\n<!-- /results-table -->\nafter\n")
+    runner.update_readme(readme, "# Results\n\n| a | b |\n|---|---|\n")
+    assert readme.read_text() == "intro\n<!-- results-table -->\n| a | b |\n|---|---|\n<!-- /results-table -->\nafter\n"
