@@ -1,0 +1,119 @@
+"""Oracles for lib.canary: the planted text, the windows, and the request (Z, Z̃) checked independently."""
+import pytest
+import torch
+
+from lib import models
+from lib.canary import (SecretFormat, Vocabulary, check_window, fit_language_model, insert_canary, lm_metrics,
+                        make_corpus)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny LSTMs run fastest on one thread; on a busy machine two threads spin against each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TEXT = "".join(f"line {i} of a small text about Alice and the rabbit.\n" for i in range(120))
+
+
+def _corpus(**kw):
+    args = dict(copies=4, length=48, stride=20, seed=3, chars=4000, val_chars=1000)
+    return make_corpus(TEXT, SecretFormat(), **{**args, **kw})
+
+
+def test_insert_canary_keeps_text_and_places_copies():
+    gen = torch.Generator().manual_seed(0)
+    new, starts = insert_canary(TEXT, "CANARY", 5, gen)
+    assert len(starts) == 5 and starts == sorted(starts)
+    assert all(new[s:s + 7] == "CANARY\n" for s in starts)
+    assert all(s == 0 or new[s - 1] == "\n" for s in starts)  # at line starts
+    assert new.replace("CANARY\n", "") == TEXT
+    again, starts2 = insert_canary(TEXT, "CANARY", 5, torch.Generator().manual_seed(0))
+    assert (again, starts2) == (new, starts)
+
+
+def test_corpus_holds_the_secret_at_the_recorded_places():
+    c = _corpus()
+    text = c.vocab.decode(c.stream)
+    canary = c.fmt.canary(c.secret)
+    assert text.count(canary) == 4
+    assert all(text[s:s + len(canary)] == canary for s in c.starts)
+
+
+def test_request_holds_exactly_the_windows_touching_a_secret_character():
+    c = _corpus()
+    secret = {s + len(c.fmt.prefix) + k for s in c.starts for k in range(c.fmt.length)}
+    n = len(c.windows[0])
+    # Window i reads positions 20i … 20i+47 and predicts 20i+1 … 20i+48.
+    expected = {i for i in range(n) if any(20 * i + t in secret for t in range(49))}
+    assert set(c.request.rows.tolist()) == expected
+    torch.testing.assert_close(c.request.z[0], c.windows[0][c.request.rows])
+    torch.testing.assert_close(c.request.z[1], c.windows[1][c.request.rows])
+
+
+def test_replacements_change_only_secret_characters_to_other_alphabet_characters():
+    c = _corpus()
+    pos = torch.tensor(sorted(s + len(c.fmt.prefix) + k for s in c.starts for k in range(c.fmt.length)))
+    changed = (c.stream != c.corrected).nonzero().reshape(-1)
+    torch.testing.assert_close(changed, pos)
+    alphabet = set(c.vocab.encode(c.fmt.alphabet).tolist())
+    assert set(c.corrected[pos].tolist()) <= alphabet
+    # Z̃ are the windows of the corrected stream, row for row.
+    starts = c.request.rows * 20
+    idx = starts[:, None] + torch.arange(48)
+    torch.testing.assert_close(c.request.z_tilde[0], c.corrected[idx])
+    torch.testing.assert_close(c.request.z_tilde[1], c.corrected[idx + 1])
+
+
+def test_clean_windows_apply_the_request():
+    c = _corpus()
+    x, y = c.clean_windows()
+    rest = torch.ones(len(x), dtype=torch.bool)
+    rest[c.request.rows] = False
+    torch.testing.assert_close(x[rest], c.windows[0][rest])
+    torch.testing.assert_close(x[c.request.rows], c.request.z_tilde[0])
+    assert not any(c.secret in c.vocab.decode(row) for row in x)
+
+
+@pytest.mark.parametrize("template", ["my number is!", "a {secret} b {secret}", "x {secret} {y}"])
+def test_malformed_secret_pattern_fails_clearly(template):
+    with pytest.raises(ValueError, match="template"):
+        SecretFormat(template=template)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(alphabet="0"), "alphabet"), (dict(alphabet="00"), "alphabet"),
+                                       (dict(length=0), "length")])
+def test_bad_secret_format_fails_clearly(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SecretFormat(**kw)
+
+
+def test_canary_longer_than_the_window_fails_before_any_work():
+    with pytest.raises(ValueError, match="shorter than the canary"):
+        _corpus(length=20)
+    with pytest.raises(ValueError, match="stride"):
+        check_window(48, 0, SecretFormat())
+    with pytest.raises(ValueError, match="secret"):
+        SecretFormat().canary("12ab")
+
+
+def test_vocabulary_round_trip_and_unknown_characters():
+    vocab = Vocabulary.from_text("hello", extra="0123456789")
+    assert vocab.decode(vocab.encode("hole42")) == "hole42"
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        vocab.encode("hello world")
+
+
+def test_language_model_training_lowers_the_loss():
+    c = _corpus(chars=800, val_chars=500)
+    torch.manual_seed(0)
+    model = models.CharLSTM(len(c.vocab), embed_dim=8, hidden_size=32, num_layers=1)
+    before = lm_metrics(model, c.windows)
+    losses = fit_language_model(model, c.windows, epochs=4, batch_size=8, lr=1e-2, seed=0, progress=False)
+    after = lm_metrics(model, c.windows)
+    assert losses[-1] < losses[0] and after["loss"] < before["loss"] - 1
+    assert after["accuracy"] > before["accuracy"]
+    with pytest.raises(ValueError, match="epochs"):
+        fit_language_model(model, c.windows, epochs=0, batch_size=8, lr=1e-2)
