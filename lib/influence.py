@@ -157,6 +157,19 @@ def loss_gradient(model: nn.Module, objective: Objective, space: ParamSpace, dat
     return total
 
 
+def value_and_gradient(model: nn.Module, objective: Objective, space: ParamSpace, data: Batch,
+                       batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """(Σ ℓ, ∇θ Σ ℓ) over `data` in one pass (no L2 term) — what a full-batch optimizer needs."""
+    device = _device_of(model)
+    _, loss = _functional(model, objective, space)
+    theta = space.flat(model)
+    value, total = torch.zeros((), dtype=theta.dtype, device=device), torch.zeros_like(theta)
+    for x, y in _chunks(data, batch_size, device):
+        grad, val = torch.func.grad_and_value(loss)(theta, x, y)
+        value, total = value + val.detach(), total + grad.detach()
+    return value, total
+
+
 def gradient_difference(model: nn.Module, objective: Objective, space: ParamSpace, z: Batch,
                         z_tilde: Batch, batch_size: int = 1024) -> Tensor:
     """G = Σ_{z̃} ∇ℓ(z̃, θ) − Σ_{z} ∇ℓ(z, θ): one backward of the loss difference per chunk of rows."""

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from .influence import (Batch, Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference,
-                        lissa, loss_gradient, solve_exact, top_eigenvalue)
+                        gradient_residual, lissa, loss_gradient, solve_exact, top_eigenvalue,
+                        value_and_gradient)
 from .runtime import check_choice, get_device
 
 
@@ -156,7 +157,8 @@ def apply_request(data: Batch, request: Request) -> Batch:
 
 
 def _new_model(model: nn.Module, device: str | torch.device | None) -> nn.Module:
-    return copy.deepcopy(model).to(get_device(device))
+    # device=None keeps the original's device, so data and model stay together.
+    return copy.deepcopy(model).to(next(model.parameters()).device if device is None else get_device(device))
 
 
 def first_order(model: nn.Module, objective: Objective, request: Request, *, tau: float,
@@ -253,12 +255,12 @@ def fit_lbfgs(model: nn.Module, objective: Objective, data: Batch, *, params: Se
     calls = [0]
 
     def closure() -> Tensor:
-        opt.zero_grad()
         space.assign(model, theta.detach())
-        grad = loss_gradient(model, objective, space, data, batch_size) + objective.l2 * theta.detach()
-        value = _objective_value(model, objective, data, batch_size) + objective.l2 / 2 * theta.detach().square().sum()
+        value, grad = value_and_gradient(model, objective, space, data, batch_size)
+        flat = theta.detach()
+        value, grad = value + objective.l2 / 2 * flat @ flat, grad + objective.l2 * flat
         if linear is not None:
-            grad, value = grad + linear.to(grad), value + linear.to(grad) @ theta.detach()
+            value, grad = value + linear.to(grad) @ flat, grad + linear.to(grad)
         theta.grad = grad
         calls[0] += 1
         return value
@@ -268,14 +270,6 @@ def fit_lbfgs(model: nn.Module, objective: Objective, data: Batch, *, params: Se
     space.assign(model, theta.detach())
     return {"seconds": time.perf_counter() - start, "grad_evals": calls[0] * len(data[0]),
             "iterations": opt.state[theta]["n_iter"]}
-
-
-@torch.no_grad()
-def _objective_value(model: nn.Module, objective: Objective, data: Batch, batch_size: int) -> Tensor:
-    device = next(model.parameters()).device
-    x, y = data
-    return sum(objective(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
-               for i in range(0, len(x), batch_size))
 
 
 def retrain(model: nn.Module, objective: Objective, corrected: Batch, *, warm_start: bool = True,
@@ -400,3 +394,68 @@ def perturbation(dim: int, sigma: float, generator: torch.Generator) -> Tensor:
     if sigma < 0:
         raise ValueError(f"sigma={sigma} must be >= 0.")
     return sigma * torch.randn(dim, generator=generator, dtype=torch.float64)
+
+
+def example_losses(model: nn.Module, objective: Objective, x: Tensor, y: Tensor) -> Tensor:
+    """Per-example losses ℓ(z, θ) (the paper's loss-difference scatter compares them across models)."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.func.vmap(lambda xi, yi: objective(model, xi[None], yi[None]))(x.to(device), y.to(device)).cpu()
+
+
+def best_first_order(model: nn.Module, objective: Objective, request: Request, corrected: Batch,
+                     taus: Sequence[float], **kwargs) -> tuple[nn.Module, dict]:
+    """First-order update with the τ of `taus` that leaves the smallest gradient residual on `corrected`
+    (the residual needs no retrained model; its extra passes over the data are counted in the record)."""
+    if len(taus) == 0:
+        raise ValueError("taus is empty: give at least one unlearning rate.")
+    start = time.perf_counter()
+    tried = [first_order(model, objective, request, tau=tau, **kwargs) for tau in taus]
+    residuals = [gradient_residual(m, objective, corrected) for m, _ in tried]
+    best = min(range(len(taus)), key=residuals.__getitem__)
+    new, record = tried[best]
+    record.update(seconds=time.perf_counter() - start,
+                  grad_evals=len(taus) * (record["grad_evals"] + len(corrected[0])))
+    return new, record
+
+
+def compare_methods(model: nn.Module, objective: Objective, data: Batch, request: Request, test: Batch, *,
+                    taus: Sequence[float], fine_tune_lr: float, sisa: Sisa | None = None,
+                    solver: str = "exact", seed: int = 0) -> tuple[list[dict], dict[str, nn.Module]]:
+    """All unlearning methods of the paper's Section 6 on one request, side by side.
+
+    `test` must already look like the corrected data (e.g. features removed). Rows hold the method, test
+    accuracy, gradient residual on the corrected training data, distance to the retrained model, gradient
+    evaluations and seconds; SISA (an ensemble) has no single θ, so no residual or distance.
+    """
+    corrected = apply_request(data, request)
+    runs = {"occlusion": (copy.deepcopy(model), {"seconds": 0.0, "grad_evals": 0})}
+    runs["retraining"] = retrain(model, objective, corrected)
+    runs["fine-tuning"] = fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed)
+    runs["first-order"] = best_first_order(model, objective, request, corrected, taus)
+    for hessian in HESSIANS:
+        runs[f"second-order ({hessian} H)"] = second_order(model, objective, request, data, hessian=hessian,
+                                                            solver=solver, seed=seed)
+    target = runs["retraining"][0]
+    rows = [{"method": name, "accuracy": accuracy(m, *test),
+             "residual": gradient_residual(m, objective, corrected), "distance": param_distance(m, target),
+             "grad_evals": rec["grad_evals"], "seconds": rec["seconds"]} for name, (m, rec) in runs.items()]
+    if sisa is not None:
+        ensemble = copy.deepcopy(sisa)
+        rec = ensemble.unlearn(request)
+        rows.append({"method": "SISA", "accuracy": ensemble.accuracy(*test), "residual": float("nan"),
+                     "distance": float("nan"), "grad_evals": rec["grad_evals"], "seconds": rec["seconds"]})
+    return rows, {name: m for name, (m, _) in runs.items()}
+
+
+def certified_run(model: nn.Module, objective: Objective, data: Batch, corrected: Batch,
+                  update: Callable[[nn.Module], nn.Module], *, sigma: float, epsilon: float, delta: float,
+                  seed: int) -> tuple[nn.Module, dict]:
+    """One run of certified unlearning: train on `data` with loss perturbation b ~ N(0, σ²I) (L-BFGS from
+    `model`), apply `update` to the noisy model, and measure the residual β of the perturbed objective on
+    `corrected` — the quantity the (ε, δ) bound is about (the noiseless residual under-estimates it)."""
+    b = perturbation(ParamSpace(model).dim, sigma, torch.Generator().manual_seed(seed))
+    noisy, _ = retrain(model, objective, data, linear=b)
+    new = update(noisy)
+    beta = gradient_residual(new, objective, corrected, linear=b)
+    return new, {"sigma": sigma, "residual": beta, "certified": is_certified(beta, sigma, epsilon, delta)}
