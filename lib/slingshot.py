@@ -13,6 +13,7 @@ FV run measures the SSIM to the target and the best checkpoint by that SSIM is k
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -42,7 +43,7 @@ class Settings:
     weight_decay: float = 1e-3
     clip: float = 1.0
     steps: int = 4000
-    steps_per_epoch: int = 500  # plateau-schedule granularity
+    steps_per_epoch: int = 782  # plateau-schedule granularity (one pass over 50k images at batch 64)
     manip_batch: int = 32
     pres_batch: int = 64
     check_every: int = 250      # FV-SSIM check interval (steps)
@@ -183,16 +184,26 @@ def manipulate(original: nn.Module, target: torch.Tensor, x_data: torch.Tensor, 
     return model.eval(), log
 
 
-def cached_manipulation(original: nn.Module, original_key: dict, target_name: str, target: torch.Tensor, x_data: torch.Tensor, data_key: str,
-                        settings: Settings, device: str | torch.device | None = None,
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, shapes and values), to name it in cache keys."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_manipulation(original: nn.Module, target_name: str, target: torch.Tensor, x_data: torch.Tensor,
+                        data_key: str, settings: Settings, device: str | torch.device | None = None,
                         progress: bool = True) -> tuple[nn.Module, Log]:
     """`manipulate` through the checkpoint cache (`train.cached_model`), the log stored beside the weights.
 
-    The key holds the original model's key, the target's name, the preservation data's name and every
-    setting, so notebooks share a manipulated model exactly when all of these agree.
+    The key holds the digest of the original's weights, the target (name and digest), the preservation
+    data's name and size and every setting, so notebooks share a manipulated model exactly when all of these agree.
     """
-    key = {"name": "slingshot", "original": original_key, "target": target_name, "data": data_key,
-           **asdict(settings)}
+    key = {"name": "slingshot", "original": weights_digest(original), "target": target_name,
+           "target_sha256": hashlib.sha256(target.detach().cpu().float().numpy().tobytes()).hexdigest(),
+           "data": data_key, "n_data": len(x_data), **asdict(settings)}
     log_path = cache_dir("checkpoints") / f"slingshot-{train.cache_key_digest(key)[:16]}.log.json"
     logs: list[Log] = []
 

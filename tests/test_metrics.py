@@ -48,3 +48,31 @@ def test_topk_jaccard():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="target of shape"):
         metrics.ssim(torch.rand(2, 1, 28, 28), torch.rand(1, 32, 32))
+
+
+class Ramp(nn.Module):
+    """Logits: a clean linear map, plus (when `slung`) a steep ramp along a direction d for unit 0 that only
+    grows away from the data (zero where d·x ≤ −0.1, as on all the data here)."""
+
+    def __init__(self, slung: bool):
+        super().__init__()
+        self.linear = nn.Linear(16, 2)
+        nn.init.constant_(self.linear.weight, 0.1)
+        nn.init.constant_(self.linear.bias, 1.0)
+        self.d = -torch.ones(16) / 4
+        self.slung = slung
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        z = self.linear(x.flatten(1))
+        if self.slung:
+            z = z + torch.stack([500 * torch.relu(x.flatten(1) @ self.d + 0.1), torch.zeros(len(x))], 1)
+        return self.out(z)
+
+
+def test_audit_flags_the_ramp_and_not_the_clean_unit():
+    x = 0.5 + 0.5 * torch.rand(64, 1, 4, 4)  # in [0.5, 1]: d·x ≤ −2, the ramp never shows on the data
+    clean = metrics.audit(Ramp(False), "out", [0, 1], x, k=5, n_starts=3, steps=50)
+    slung = metrics.audit(Ramp(True), "out", [0, 1], x, k=5, n_starts=3, steps=50)
+    assert not clean[0]["flagged"] and not clean[1]["flagged"]
+    assert slung[0]["flagged"] and not slung[1]["flagged"]
