@@ -7,8 +7,9 @@ H from the original data as in the paper or from the corrected data, exact or Ga
 dense / CG / LiSSA solvers, and an iterative variant), the baselines of Section 6 (retraining with a warm
 start, fine-tuning on Z̃, SISA sharding, occlusion) and certified unlearning for L2-regularized logistic
 regression (Section 5: loss perturbation `bᵀθ`, gradient residual, the σ that certifies (ε, δ)).
-Every update returns a new model (the original is untouched) and a record of time and gradient evaluations
-(one per example whose gradient or Hessian-vector product is evaluated).
+Every update returns a new model (the original is untouched; `device=None` keeps it on the original's
+device) and a record of time and gradient evaluations (one per example whose gradient or Hessian-vector
+product is evaluated). Models are used in their current mode: call `.eval()` first for dropout/BatchNorm.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from lib.influence import Objective, binary_cross_entropy_sum, gradient_residual
-from lib.unlearn import (Request, Sisa, apply_request, certify_constant, certifying_sigma, first_order,
-                         fix_labels, fit_lbfgs, fine_tune,
-                         is_certified, param_distance, perturbation, remove_features, replace_tokens,
+from lib.unlearn import (Request, Sisa, apply_request, best_first_order, certified_run, certify_constant,
+                         certifying_sigma, compare_methods, example_losses, first_order, fix_labels, fit_lbfgs,
+                         fine_tune, is_certified, param_distance, perturbation, remove_features, replace_tokens,
                          request_from_datasets, retrain, second_order, text_windows, zero_features)
 
 
@@ -218,3 +218,56 @@ def test_bad_requests_raise_clear_errors():
         second_order(model, Objective(), request, (x, y), solver="newton")
     with pytest.raises(ValueError, match="delta"):
         certify_constant(1.5)
+
+
+def test_best_first_order_picks_the_smallest_residual(logreg):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[4, 5, 6])
+    corrected = apply_request((x, y), request)
+    taus = [1e-4, 1e-2, 1.0]
+    residuals = [gradient_residual(first_order(model, objective, request, tau=t)[0], objective, corrected)
+                 for t in taus]
+    _, record = best_first_order(model, objective, request, corrected, taus)
+    assert record["tau"] == taus[int(np.argmin(residuals))]
+    assert record["grad_evals"] == 3 * (6 + 200)
+
+
+def test_example_losses_are_per_row_objectives(logreg):
+    model, objective, x, y = logreg
+    expected = torch.stack([objective(model, x[i:i + 1], y[i:i + 1]) for i in range(5)]).detach()
+    torch.testing.assert_close(example_losses(model, objective, x[:5], y[:5]), expected)
+
+
+def test_compare_methods_rows(logreg):
+    model, objective, x, y = logreg
+    request = remove_features(x, y, [0], rows=list(range(8)))
+    test = (zero_features(x, [0]), y)
+    sisa = Sisa(lambda: nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double(),
+                lambda m, d: fit_lbfgs(m, objective, d), (x, y), shards=4)
+    rows, fitted = compare_methods(model, objective, (x, y), request, test, taus=[1e-3, 1e-2],
+                                   fine_tune_lr=0.1, sisa=sisa)
+    table = {r["method"]: r for r in rows}
+    assert set(table) == {"occlusion", "retraining", "fine-tuning", "first-order", "second-order (original H)",
+                          "second-order (corrected H)", "SISA"}
+    assert table["retraining"]["residual"] < 1e-5 and table["retraining"]["distance"] == 0.0
+    assert table["second-order (corrected H)"]["distance"] < table["first-order"]["distance"]
+    assert math.isnan(table["SISA"]["residual"]) and set(fitted) == set(table) - {"SISA"}
+    assert sisa.shard_of is not None and torch.equal(sisa.data[0], x)  # the given ensemble is not modified
+
+
+def test_certified_run_measures_the_perturbed_residual(logreg):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[3])
+    corrected = apply_request((x, y), request)
+    # No noise: β is the plain residual of the update applied to the (re)trained model.
+    new, rec = certified_run(model, objective, (x, y), corrected,
+                             lambda m: first_order(m, objective, request, tau=1e-2)[0],
+                             sigma=0.0, epsilon=0.1, delta=0.01, seed=0)
+    assert rec["residual"] == pytest.approx(gradient_residual(new, objective, corrected), rel=1e-9)
+    assert not rec["certified"]
+    # Retraining on the perturbed corrected objective is exact: β ≈ 0, certified for any σ > 0.
+    b = perturbation(6, 0.5, torch.Generator().manual_seed(7))
+    _, rec = certified_run(model, objective, (x, y), corrected,
+                           lambda m: retrain(m, objective, corrected, linear=b)[0],
+                           sigma=0.5, epsilon=0.1, delta=0.01, seed=7)
+    assert rec["residual"] < 1e-5 and rec["certified"]

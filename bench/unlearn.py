@@ -1,0 +1,165 @@
+"""Benchmark of the unlearning core (run on demand): `python bench/unlearn.py [--quick] [--pydvl-path DIR]`.
+
+Prints, measured in one run:
+1. second-order update vs retraining (warm-started L-BFGS) time, on Spambase (58 parameters, the donor
+   request) and on multinomial logistic regression on MNIST pixels (7850 parameters, 50k images, a central
+   block of pixels unlearned) — the latter large enough for the ratio to mean something;
+2. our inverse-HVP solvers (CG, LiSSA) against the `pydvl` influence library's (CgInfluence,
+   LissaInfluence) on the same H and right-hand side, each run to the same relative residual
+   ‖Hx − b‖/‖b‖ (measured independently with our HVP), with time and residual reached.
+
+pydvl is not a dependency of the package. It pulls in dask/distributed/zarr and, installed normally, would
+downgrade numpy in the project's environment, so install it beside it, for this benchmark only:
+    pip install --target .cache/bench-pydvl --no-deps pyDVL==0.10.0 pyDeprecate more-itertools Deprecated \
+        wrapt dask==2024.12.1 distributed==2024.12.1 "zarr<3" "numcodecs<0.16" cloudpickle fsspec partd toolz \
+        locket msgpack sortedcontainers tblib zict asciitree fasteners "importlib_metadata<8.6" zipp
+and pass `--pydvl-path .cache/bench-pydvl`. Without it the pydvl rows are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lib import data, models, unlearn
+from lib.influence import (Curvature, Objective, ParamSpace, binary_cross_entropy_sum, conjugate_gradient,
+                           cross_entropy_sum, gradient_difference, gradient_residual, lissa, top_eigenvalue)
+
+
+def best_time(fn, repeat: int) -> float:
+    """Best wall time of `repeat` calls (the first call also warms up torch.func)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def spambase_problem() -> dict:
+    X, y, names = data.load_spambase()
+    X = np.log1p(X) / np.log1p(X).max(0)
+    x, y = torch.tensor(X), torch.tensor(y)
+    objective = Objective(criterion=binary_cross_entropy_sum, l2=1.0)
+    model = models.LogisticRegression(x.shape[1]).double()
+    unlearn.fit_lbfgs(model, objective, (x, y))
+    request = unlearn.remove_features(x, y, [names.index(w) for w in data.DONOR_FEATURES])
+    return dict(name="Spambase LR (58 params)", model=model, objective=objective, data=(x, y), request=request,
+                mean_loss=lambda o, t: F.binary_cross_entropy_with_logits(o, t.to(o.dtype)), solver="exact")
+
+
+def mnist_problem(rows: int) -> dict:
+    x, y = data.load_mnist("train")
+    x, y = x[:rows].reshape(rows, -1), y[:rows]
+    objective = Objective(criterion=cross_entropy_sum, l2=50.0)
+    model = models.LogisticRegression(784, n_classes=10)
+    unlearn.fit_lbfgs(model, objective, (x, y), tol=1e-4, max_iter=300)
+    block = [r * 28 + c for r in range(12, 16) for c in range(12, 16)]
+    # The block is zeroed in 500 images (a request of the size where the paper's update is accurate; zeroing
+    # it in all ~90% of the images that touch it makes the original-H step overshoot, see notebook 05).
+    holding = (x[:, block] != 0).any(1).nonzero().reshape(-1)
+    request = unlearn.remove_features(x, y, block, rows=holding[:500])
+    return dict(name=f"MNIST multinomial LR (7850 params, {rows} images)", model=model, objective=objective,
+                data=(x, y), request=request, mean_loss=F.cross_entropy, solver="cg")
+
+
+def update_vs_retrain(p: dict, repeat: int) -> None:
+    corrected = unlearn.apply_request(p["data"], p["request"])
+    kw = dict(solver=p["solver"], tol=1e-5, max_iter=500, batch_size=10_000)
+    runs = {f"second-order ({p['solver']})": lambda: unlearn.second_order(p["model"], p["objective"], p["request"],
+                                                                          p["data"], **kw),
+            "retraining, warm L-BFGS": lambda: unlearn.retrain(p["model"], p["objective"], corrected, tol=1e-6),
+            "retraining, cold L-BFGS": lambda: unlearn.retrain(p["model"], p["objective"], corrected, tol=1e-6,
+                                                               warm_start=False)}
+    print(f"{p['name']}: {len(p['request'])} affected rows; residual ‖∇L(θ*; D̃)‖ without an update "
+          f"{gradient_residual(p['model'], p['objective'], corrected):.3g}")
+    seconds, evals = {}, {}
+    for name, fn in runs.items():
+        seconds[name] = best_time(fn, repeat)
+        model, record = fn()
+        evals[name] = record["grad_evals"]
+        print(f"  {name:24s} {seconds[name]:7.3f} s  {evals[name]:9.3g} gradient evaluations  "
+              f"residual {gradient_residual(model, p['objective'], corrected):.3g}")
+    second = next(iter(runs))
+    for name in list(runs)[1:]:
+        print(f"  speed-up {name} / second-order: {seconds[name] / seconds[second]:.1f}x time, "
+              f"{evals[name] / evals[second]:.1f}x gradient evaluations")
+
+
+def pydvl_operator(kind: str, p: dict, **kw):
+    """pydvl's inverse-Hessian operator on the mean loss; H_sum⁻¹ b = (H_mean + λ/n)⁻¹ (b/n)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from pydvl.influence.torch import CgInfluence, LissaInfluence
+    x, y = p["data"]
+    n = len(x)
+    loader = DataLoader(TensorDataset(x, y), batch_size=n)  # full batch: the same H as ours
+    cls = CgInfluence if kind == "cg" else LissaInfluence
+    inf = cls(p["model"], p["mean_loss"], regularization=p["objective"].l2 / n, **kw).fit(loader)
+    op = inf.block_mapper.composable_block_dict[inf.block_names[0]].op
+    return lambda b: op.apply(b / n).reshape(b.shape)
+
+
+def solvers(p: dict, tol: float, lissa_iters: int) -> None:
+    model, objective, (x, y) = p["model"], p["objective"], p["data"]
+    space = ParamSpace(model)
+    h = Curvature(model, objective, space, (x, y), batch_size=len(x))
+    b = gradient_difference(model, objective, space, p["request"].z, p["request"].z_tilde, batch_size=len(x))
+
+    def rel(sol: torch.Tensor) -> float:
+        return float((h(sol) - b).norm() / b.norm())
+
+    scale = 1.1 * top_eigenvalue(h, space.dim, iterations=100, generator=torch.Generator().manual_seed(0),
+                                 dtype=b.dtype)
+    runs = {"ours CG": lambda: conjugate_gradient(h, b, tol=tol, max_iter=5000)[0],
+            "ours LiSSA": lambda: lissa(h, b, scale=scale, iterations=lissa_iters, tol=1e-12)[0]}
+    try:
+        # pydvl's CG stops when ‖r‖ < max(rtol²·|b₀|, atol²) (its own criterion); atol set for ‖r‖/‖b‖ = tol.
+        atol = float(tol * b.norm() / len(x)) ** 0.5
+        pydvl_cg = pydvl_operator("cg", p, rtol=0.0, atol=atol, maxiter=5000, warn_on_max_iteration=False)
+        pydvl_lissa = pydvl_operator("lissa", p, scale=scale / len(x), maxiter=lissa_iters, rtol=1e-12,
+                                     warn_on_max_iteration=False)
+        runs.update({"pydvl CG": lambda: pydvl_cg(b), "pydvl LiSSA": lambda: pydvl_lissa(b)})
+    except ImportError as err:
+        print(f"  pydvl not importable ({err}); see the module docstring to install it for this benchmark")
+    print(f"{p['name']}: inverse HVP, target relative residual {tol:g} (LiSSA: {lissa_iters} iterations, "
+          f"scale 1.1·λ_max)")
+    results = {}
+    for name, fn in runs.items():
+        start = time.perf_counter()
+        sol = fn()
+        results[name] = (time.perf_counter() - start, rel(sol))
+        print(f"  {name:12s} {results[name][0]:8.3f} s   relative residual {results[name][1]:.2e}")
+    for method in ("CG", "LiSSA"):
+        if f"pydvl {method}" in results:
+            print(f"  time ratio pydvl/ours {method}: "
+                  f"{results[f'pydvl {method}'][0] / results[f'ours {method}'][0]:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k MNIST images instead of 50k, fewer repeats")
+    parser.add_argument("--pydvl-path", default=None, help="folder where pydvl was pip-installed with --target")
+    args = parser.parse_args()
+    if args.pydvl_path:
+        sys.path.insert(0, args.pydvl_path)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(1)
+    repeat = 1 if args.quick else 3
+    spam = spambase_problem()
+    update_vs_retrain(spam, repeat)
+    mnist = mnist_problem(10_000 if args.quick else 50_000)
+    update_vs_retrain(mnist, repeat)
+    solvers(spam, tol=1e-6, lissa_iters=300)
+    solvers(mnist, tol=1e-5, lissa_iters=100)
+
+
+if __name__ == "__main__":
+    main()
