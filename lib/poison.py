@@ -1,0 +1,342 @@
+"""Label-flip poisoning of an image classifier and its repair by unlearning the flipped labels.
+
+Implements the label experiment of *Machine Unlearning of Features and Labels* (Warnecke et al., NDSS 2023,
+§6.3 "Unlearning labels" / poisoning repair): a share of each class's training labels is flipped
+`s → 9 − s`, a CNN is trained on the poisoned data, and the flips are unlearned with the request
+`Z` = poisoned rows with their wrong labels, `Z̃` = the same rows with their clean labels. This module holds
+the poisoning, the cached clean/poisoned CNNs (MNIST, Fashion-MNIST offline; CIFAR-10 with a VGG when it can
+be downloaded), one runner that applies any unlearning method of `lib.unlearn` (first-order, second-order,
+iterative, fine-tuning, SISA, retraining) and scores it by test accuracy, *percent restored*
+`(after − poisoned)/(clean − poisoned)`, gradient evaluations and wall time.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import data, models, train, unlearn
+from .influence import Objective, ParamSpace, top_eigenvalue, Curvature
+from .runtime import check_choice, check_profile, check_range, get_device
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+NUM_CLASSES = 10
+
+# A linearly decayed learning rate ends training near a stationary point (which the influence updates
+# assume) and cut the seed spread of the poisoning gap to ±0.05 points in a prototype here.
+RECIPES = {
+    "quick": dict(epochs=3, batch_size=128, lr=1e-3, optimizer="adam", schedule="linear"),
+    "paper": dict(epochs=30, batch_size=128, lr=1e-3, optimizer="adam", schedule="linear"),
+}
+
+
+def flip_labels(y: Tensor, budget: float, *, generator: torch.Generator,
+                num_classes: int = NUM_CLASSES) -> tuple[Tensor, Tensor]:
+    """The authors' poisoning: in every class s, a share `budget` of its rows (drawn with `generator`)
+    gets the label `num_classes − 1 − s`. Returns (poisoned labels, sorted indices of the flipped rows)."""
+    check_range("budget", budget, 0.0, 1.0)
+    if num_classes % 2:
+        raise ValueError(f"num_classes={num_classes} must be even: with an odd count s → {num_classes - 1} − s "
+                         f"maps the middle class onto itself.")
+    if len(y) == 0 or y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"y must hold labels in [0, {num_classes - 1}]; got a vector of {len(y)} labels.")
+    poisoned, picked = y.clone(), []
+    for s in range(num_classes):
+        members = (y == s).nonzero().reshape(-1)
+        chosen = members[torch.randperm(len(members), generator=generator)[:round(budget * len(members))]]
+        poisoned[chosen] = num_classes - 1 - s
+        picked.append(chosen)
+    return poisoned, torch.cat(picked).sort().values
+
+
+def load_split(dataset: str, split: str) -> tuple[Tensor, Tensor]:
+    """Images in [0, 1] and labels of `dataset` ('train', 'val' or 'test'; Fashion-MNIST and CIFAR-10 have
+    no 'val' split, so theirs is the last 10k training images, kept out of 'train')."""
+    check_choice("dataset", dataset, DATASETS)
+    check_choice("split", split, ("train", "val", "test"))
+    if dataset == "mnist":
+        return data.load_mnist(split)
+    loader = data.load_fashion_mnist if dataset == "fashion_mnist" else data.load_cifar10
+    if split == "test":
+        return loader("test")
+    x, y = loader("train")
+    part = slice(len(x) - 10000, None) if split == "val" else slice(0, len(x) - 10000)
+    return x[part], y[part]
+
+
+def build_model(dataset: str) -> nn.Module:
+    """The network the experiment poisons: the 6-layer CNN for (Fashion-)MNIST, VGG-A (width 64, BatchNorm)
+    for CIFAR-10 — a stand-in for the authors' 6×128 conv + BN network."""
+    check_choice("dataset", dataset, DATASETS)
+    return models.vgg("A", width=64) if dataset == "cifar10" else models.MnistCNN()
+
+
+def data_digest(x: Tensor, y: Tensor) -> str:
+    """SHA-256 of the bytes of a data set — names exactly what a cached model was trained on."""
+    digest = hashlib.sha256()
+    for t in (x, y):
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_cnn(dataset: str, x: Tensor, y: Tensor, *, recipe: dict, seed: int,
+              device: str | torch.device | None = None, progress: bool = False) -> nn.Module:
+    """`build_model(dataset)` trained on (x, y) with `recipe` (`train.fit_classifier` arguments), cached
+    under the digest of the data, so clean, poisoned and SISA-shard models are trained once."""
+    key = {"name": f"poison_{dataset}", "data": data_digest(x, y), "seed": seed, **recipe}
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        return build_model(dataset)
+
+    def fit(model: nn.Module) -> None:
+        train.fit_classifier(model, x, y, seed=seed, device=device, progress=progress, **recipe)
+
+    return train.cached_model(key, build, fit, device)
+
+
+@dataclass
+class Scenario:
+    """One poisoned training set and its two models: `clean` (trained on `y_clean`) and `poisoned`."""
+
+    dataset: str
+    budget: float
+    x: Tensor
+    y_clean: Tensor
+    y_poisoned: Tensor
+    rows: Tensor
+    test: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]
+    recipe: dict
+    seed: int
+    clean: nn.Module
+    poisoned: nn.Module
+    clean_acc: float = field(init=False)
+    poisoned_acc: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clean_acc = unlearn.accuracy(self.clean, *self.test)
+        self.poisoned_acc = unlearn.accuracy(self.poisoned, *self.test)
+
+    @property
+    def request(self) -> unlearn.Request:
+        """Z = the flipped rows with their wrong labels, Z̃ = the same rows with the clean labels."""
+        return unlearn.fix_labels(self.x, self.y_poisoned, self.y_clean, self.rows, num_classes=NUM_CLASSES)
+
+    @property
+    def poisoned_data(self) -> tuple[Tensor, Tensor]:
+        return self.x, self.y_poisoned
+
+    def restored(self, accuracy: float) -> float:
+        """Percent of the poisoning gap closed: 100·(after − poisoned)/(clean − poisoned)."""
+        return 100 * (accuracy - self.poisoned_acc) / (self.clean_acc - self.poisoned_acc)
+
+
+def make_scenario(dataset: str, budget: float, *, n_train: int, profile: str = "quick", seed: int = 0,
+                  n_val: int = 2000, device: str | torch.device | None = None,
+                  progress: bool = False) -> Scenario:
+    """The first `n_train` training images of `dataset`, a share `budget` of each class flipped (seeded),
+    and the clean and poisoned CNNs trained on them with the profile's recipe (cached)."""
+    recipe = RECIPES[check_profile(profile)]
+    x, y = load_split(dataset, "train")
+    if not (100 <= n_train <= len(x)):
+        raise ValueError(f"n_train={n_train} must lie in [100, {len(x)}] (the {dataset} training images).")
+    x, y = x[:n_train], y[:n_train]
+    y_poisoned, rows = flip_labels(y, budget, generator=torch.Generator().manual_seed(seed))
+    if len(rows) == 0:
+        raise ValueError(f"budget={budget} flips no label of {n_train} images; raise the budget.")
+    x_val, y_val = load_split(dataset, "val")
+    device = get_device(device)
+    models_ = [train_cnn(dataset, x, labels, recipe=recipe, seed=seed, device=device, progress=progress)
+               for labels in (y, y_poisoned)]
+    return Scenario(dataset, budget, x, y, y_poisoned, rows, load_split(dataset, "test"),
+                    (x_val[:n_val], y_val[:n_val]), recipe, seed, *models_)
+
+
+def objective() -> Objective:
+    """Summed cross-entropy without an L2 term: the CNNs are trained without weight decay, so the damping
+    of the second-order solvers is the only regularization of H."""
+    return Objective()
+
+
+def _solver_stats(record: dict) -> dict:
+    stats = record.get("solver") or []
+    if not stats:
+        return {}
+    last = stats[-1]
+    return {"iterations": sum(s["iterations"] for s in stats), "solver_residual": last.get("residual"),
+            "negative_curvature": any(s.get("negative_curvature", False) for s in stats),
+            "converged": all(s.get("converged", False) for s in stats),
+            "effective_damping": last.get("effective_damping")}
+
+
+def _retrain(scenario: Scenario, device: torch.device) -> tuple[nn.Module, dict]:
+    # Not through the cache: the point is what retraining costs. Same seed and data as the clean model.
+    start = time.perf_counter()
+    torch.manual_seed(scenario.seed)
+    model = build_model(scenario.dataset)
+    train.fit_classifier(model, scenario.x, scenario.y_clean, seed=scenario.seed, device=device,
+                         progress=False, **scenario.recipe)
+    return model, {"seconds": time.perf_counter() - start,
+                   "grad_evals": scenario.recipe["epochs"] * len(scenario.x)}
+
+
+def sisa_ensemble(scenario: Scenario, shards: int, device: str | torch.device | None = None) -> unlearn.Sisa:
+    """SISA on the poisoned data: `shards` CNNs (cached), majority vote. Unlearning through the returned
+    ensemble retrains the affected shards for real (uncached), so its time is honest."""
+    check_range("shards", shards, 1, len(scenario.x) // 100)
+    device = get_device(device)
+    cached = [True]
+
+    def build() -> nn.Module:
+        torch.manual_seed(scenario.seed)
+        return build_model(scenario.dataset).to(device)
+
+    def fit(model: nn.Module, shard: tuple[Tensor, Tensor]) -> None:
+        if cached[0]:
+            model.load_state_dict(train_cnn(scenario.dataset, *shard, recipe=scenario.recipe,
+                                            seed=scenario.seed, device=device).state_dict())
+        else:
+            train.fit_classifier(model, *shard, seed=scenario.seed, device=device, progress=False,
+                                 **scenario.recipe)
+        model.eval()
+
+    ensemble = unlearn.Sisa(build, fit, scenario.poisoned_data, shards, seed=scenario.seed)
+    cached[0] = False
+    return ensemble
+
+
+METHODS = ("first-order", "second-order", "fine-tuning", "sisa", "retraining")
+SUBSETS = ("all", "head", "last")
+
+
+def _head_modules(model: nn.Module, subset: str) -> nn.Sequential:
+    """The last layers as a stand-alone module whose parameter names match the full model's."""
+    if isinstance(model, models.MnistCNN):
+        layers = [("fc3", model.fc3), ("relu", nn.ReLU()), ("out", model.out)] if subset == "head" \
+            else [("out", model.out)]
+    elif isinstance(model, models.VGG):
+        layers = [("classifier", model.classifier)]
+    else:
+        raise ValueError(f"subset={subset!r} needs a MnistCNN or VGG; use subset='all' for "
+                         f"{type(model).__name__}.")
+    return nn.Sequential(OrderedDict(layers))
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, head: nn.Sequential, x: Tensor, batch_size: int = 2048) -> Tensor:
+    """What the first module of `head` receives inside `model` for the images `x` (a forward pre-hook)."""
+    first, seen = next(iter(head.children())), []
+    hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size].to(device))
+    finally:
+        hook.remove()
+    return torch.cat(seen)
+
+
+def _unlearn(model: nn.Module, request: unlearn.Request, data: tuple[Tensor, Tensor], method: str,
+             device: torch.device, options: dict) -> tuple[nn.Module, dict]:
+    if method == "first-order":
+        return unlearn.first_order(model, objective(), request, device=device, **options)
+    if method == "second-order":
+        return unlearn.second_order(model, objective(), request, data, device=device, **options)
+    return unlearn.fine_tune(model, objective(), request, device=device, **options)
+
+
+def _update(scenario: Scenario, method: str, subset: str, device: torch.device,
+            options: dict) -> tuple[nn.Module, dict]:
+    if subset == "all":
+        return _unlearn(scenario.poisoned, scenario.request, scenario.poisoned_data, method, device, options)
+    # The body is frozen, so its output is computed once and the update runs on the small head alone —
+    # the same update as params=<head prefixes> on the full model, without a forward pass through the
+    # body per Hessian-vector product. Those n forward passes are counted as n gradient evaluations.
+    head = _head_modules(scenario.poisoned, subset)
+    feats = head_inputs(scenario.poisoned, head, scenario.x)
+    request = unlearn.fix_labels(feats, scenario.y_poisoned, scenario.y_clean, scenario.rows,
+                                 num_classes=NUM_CLASSES)
+    if method != "fine-tuning":  # the features are small: one chunk per Hessian-vector product
+        options = {"batch_size": len(feats), **options}
+    start = time.perf_counter()
+    new_head, record = _unlearn(head, request, (feats, scenario.y_poisoned), method, device, options)
+    model = copy.deepcopy(scenario.poisoned)
+    unexpected = model.load_state_dict(new_head.state_dict(), strict=False).unexpected_keys
+    assert not unexpected, f"head parameters {unexpected} do not match the model"
+    record["grad_evals"] += len(scenario.x)
+    record["seconds"] += time.perf_counter() - start
+    return model, record
+
+
+def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: str | None = None,
+               sisa: unlearn.Sisa | None = None, device: str | torch.device | None = None,
+               **options: Any) -> tuple[nn.Module | None, dict]:
+    """Unlearn the scenario's flipped labels with `method` and score the result.
+
+    `subset`: update all parameters, the "head" (fc3 + out of the MNIST CNN, the classifier of a VGG) or
+    the "last" layer only. `options` go to the method: `unlearn.first_order` (tau, steps),
+    `unlearn.second_order` (hessian, curvature, solver, damping, max_iter, hessian_rows, lissa_scale,
+    lissa_iterations, step, steps, seed), `unlearn.fine_tune` (lr, epochs, batch_size, seed). "sisa" needs
+    the ensemble of `sisa_ensemble` (modified in place). Returns the repaired model (None for SISA) and a
+    row with test and validation accuracy, percent restored, gradient evaluations, seconds and solver
+    statistics.
+    """
+    check_choice("method", method, METHODS)
+    check_choice("subset", subset, SUBSETS)
+    if "params" in options:
+        raise ValueError("choose the parameters with subset='all'|'head'|'last', not params.")
+    device = get_device(device)
+    if method in ("first-order", "second-order", "fine-tuning"):
+        model, record = _update(scenario, method, subset, device, options)
+    elif method == "retraining":
+        model, record = _retrain(scenario, device)
+    else:
+        if sisa is None:
+            raise ValueError("method='sisa' needs sisa=sisa_ensemble(scenario, shards).")
+        affected = torch.unique(sisa.shard_of[scenario.rows])
+        record = sisa.unlearn(scenario.request)
+        record["grad_evals"] = scenario.recipe["epochs"] * int(torch.isin(sisa.shard_of, affected).sum())
+        model = None
+    scorer = sisa.accuracy if model is None else (lambda x, y: unlearn.accuracy(model, x, y))
+    acc = scorer(*scenario.test)
+    row = {"method": label or method, "subset": subset, "budget": scenario.budget, "accuracy": acc,
+           "val_accuracy": scorer(*scenario.val), "restored": scenario.restored(acc),
+           "grad_evals": record["grad_evals"], "seconds": record["seconds"], **_solver_stats(record),
+           **{k: v for k, v in options.items() if isinstance(v, (int, float, str))}}
+    return model, row
+
+
+def sweep(scenario: Scenario, method: str, name: str, values: list, *, label: str | None = None,
+          device: str | torch.device | None = None, **options: Any) -> list[dict]:
+    """`run_method` once per value of the option `name` (e.g. tau, damping, lr); rows only."""
+    if not values:
+        raise ValueError(f"values for {name!r} is empty: give at least one.")
+    return [run_method(scenario, method, label=label, device=device, **{**options, name: v})[1] for v in values]
+
+
+def best_by_validation(rows: list[dict]) -> dict:
+    """The row whose validation accuracy is highest — hyper-parameters chosen without the test set."""
+    return max(rows, key=lambda r: r["val_accuracy"])
+
+
+def curvature_scale(scenario: Scenario, *, subset: str = "head", curvature: str = "gauss-newton",
+                    hessian_rows: int | None = None, iterations: int = 30, seed: int = 0) -> float:
+    """The largest eigenvalue of H (summed loss over the poisoned data, or a subsample of `hessian_rows`)
+    over `subset` — the yardstick that damping values are compared against."""
+    check_choice("subset", subset, SUBSETS)
+    model, data = scenario.poisoned, scenario.poisoned_data
+    if subset != "all":
+        model = _head_modules(model, subset)
+        data = (head_inputs(scenario.poisoned, model, scenario.x), scenario.y_poisoned)
+    h = Curvature(model, objective(), ParamSpace(model), data, kind=curvature, rows=hessian_rows,
+                  generator=torch.Generator().manual_seed(seed))
+    return top_eigenvalue(h, h.dim, iterations=iterations, generator=torch.Generator().manual_seed(seed),
+                          device=next(model.parameters()).device)
