@@ -146,7 +146,7 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
     log, best_state, epoch_loss = Log(), copy.deepcopy(model.state_dict()), 0.0
     log.best_ssim = fv_check(model, eta, target, s, device)
     log.checks.append((0, round(log.best_ssim, 5)))
-    bar = tqdm(range(1, s.steps + 1), disable=not progress, desc="slingshot")
+    bar = tqdm(range(1, s.steps + 1), disable=not progress, desc="slingshot", mininterval=10)
     for step in bar:
         q = sample_manipulation_set(q_t, s.manip_batch, s.sigma, s.tunnel, s.noise, gen)
         l_m = manipulation_loss(model, eta, s.layer, s.unit, q, q_t, s.gamma, s.loss)
