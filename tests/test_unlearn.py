@@ -271,3 +271,16 @@ def test_certified_run_measures_the_perturbed_residual(logreg):
                            lambda m: retrain(m, objective, corrected, linear=b)[0],
                            sigma=0.5, epsilon=0.1, delta=0.01, seed=7)
     assert rec["residual"] < 1e-5 and rec["certified"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_updates_on_cuda_match_cpu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).double()
+    x, y = torch.rand(30, 1, 6, 6, dtype=torch.float64), torch.randint(0, 4, (30,))
+    request = fix_labels(x, y, (y + 1) % 4, rows=[0, 1, 2], num_classes=4)
+    kw = dict(params=["3"], curvature="gauss-newton", damping=1.0, tol=1e-10)
+    cpu, _ = second_order(model, Objective(l2=0.1), request, (x, y), **kw)
+    gpu, _ = second_order(model.cuda(), Objective(l2=0.1), request, (x, y), **kw)
+    assert next(gpu.parameters()).is_cuda
+    np.testing.assert_allclose(_flat(gpu.cpu()), _flat(cpu), rtol=1e-8, atol=1e-10)
