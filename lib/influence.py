@@ -109,9 +109,9 @@ class ParamSpace:
 
 
 @contextlib.contextmanager
-def _second_order_backends(model: nn.Module) -> Iterator[None]:
-    # cuDNN's RNN backward is not differentiable and mkldnn's RNN kernel has no forward-mode AD, so
-    # second derivatives through an nn.RNN/LSTM/GRU need the native kernels.
+def _functorch_backends(model: nn.Module) -> Iterator[None]:
+    # cuDNN's RNN kernel needs real storage (flatten_parameters) and is not twice differentiable, and
+    # mkldnn's has no forward-mode AD: torch.func transforms through an nn.RNN/LSTM/GRU need the native kernels.
     if any(isinstance(m, nn.RNNBase) for m in model.modules()):
         with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
             yield
@@ -152,8 +152,9 @@ def loss_gradient(model: nn.Module, objective: Objective, space: ParamSpace, dat
     _, loss = _functional(model, objective, space)
     theta = space.flat(model)
     total = torch.zeros_like(theta)
-    for x, y in _chunks(data, batch_size, device):
-        total += torch.func.grad(loss)(theta, x, y).detach()
+    with _functorch_backends(model):
+        for x, y in _chunks(data, batch_size, device):
+            total += torch.func.grad(loss)(theta, x, y).detach()
     return total
 
 
@@ -164,9 +165,10 @@ def value_and_gradient(model: nn.Module, objective: Objective, space: ParamSpace
     _, loss = _functional(model, objective, space)
     theta = space.flat(model)
     value, total = torch.zeros((), dtype=theta.dtype, device=device), torch.zeros_like(theta)
-    for x, y in _chunks(data, batch_size, device):
-        grad, val = torch.func.grad_and_value(loss)(theta, x, y)
-        value, total = value + val.detach(), total + grad.detach()
+    with _functorch_backends(model):
+        for x, y in _chunks(data, batch_size, device):
+            grad, val = torch.func.grad_and_value(loss)(theta, x, y)
+            value, total = value + val.detach(), total + grad.detach()
     return value, total
 
 
@@ -177,8 +179,9 @@ def gradient_difference(model: nn.Module, objective: Objective, space: ParamSpac
     _, loss = _functional(model, objective, space)
     theta = space.flat(model)
     total = torch.zeros_like(theta)
-    for (x, y), (xt, yt) in zip(_chunks(z, batch_size, device), _chunks(z_tilde, batch_size, device)):
-        total += torch.func.grad(lambda t: loss(t, xt, yt) - loss(t, x, y))(theta).detach()
+    with _functorch_backends(model):
+        for (x, y), (xt, yt) in zip(_chunks(z, batch_size, device), _chunks(z_tilde, batch_size, device)):
+            total += torch.func.grad(lambda t: loss(t, xt, yt) - loss(t, x, y))(theta).detach()
     return total
 
 
@@ -204,8 +207,9 @@ class Curvature:
     """Products with H = ∇²Σℓ + l2·I over `data` (or a fixed random subsample of `rows` of it) at the
     model's current parameters, restricted to `space`.
 
-    `kind="exact"`: the true Hessian via forward-over-reverse (`jvp(grad(loss))`); indefinite away from
-    a minimum of a non-convex loss. `kind="gauss-newton"`: `Jᵀ H_out J + l2·I` from two vector-Jacobian
+    `kind="exact"`: the true Hessian via forward-over-reverse (`jvp(grad(loss))`; reverse-over-reverse for
+    recurrent models, whose fused CUDA cells lack forward-mode AD); indefinite away from a minimum of a
+    non-convex loss. `kind="gauss-newton"`: `Jᵀ H_out J + l2·I` from two vector-Jacobian
     products and the criterion's Hessian in the outputs — positive semi-definite for a convex criterion.
     With `rows` the data sum is rescaled by n/rows so it estimates the full-data H. `evals` counts the
     examples touched (one HVP over an example counted as one gradient evaluation).
@@ -229,10 +233,14 @@ class Curvature:
         self.dim = space.dim
         self.evals = 0
         self._outputs, self._loss = _functional(model, objective, space)
+        self._recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
 
     def _batch_product(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         if self.kind == "exact":
             grad = torch.func.grad(lambda t: self._loss(t, x, y))
+            if self._recurrent:
+                # CUDA's fused LSTM/GRU cells have no forward-mode AD; reverse-over-reverse works everywhere.
+                return torch.func.grad(lambda t: grad(t) @ v)(self.theta)
             return torch.func.jvp(grad, (self.theta,), (v,))[1]
         out, pullback = torch.func.vjp(lambda t: self._outputs(t, x), self.theta)
         # J v as the vector-Jacobian product of the (linear) map u ↦ Jᵀu: reverse mode only, which also
@@ -246,7 +254,7 @@ class Curvature:
     def __call__(self, v: Tensor) -> Tensor:
         """H v for a flat vector v over the parameter subset."""
         total = self.objective.l2 * v
-        with _second_order_backends(self.model):
+        with _functorch_backends(self.model):
             for x, y in _chunks(self.data, self.batch_size, self.theta.device):
                 total = total + self.scale * self._batch_product(x, y, v).detach()
                 self.evals += len(x)
@@ -263,7 +271,7 @@ class Curvature:
 
     def _dense_block(self, basis: Tensor) -> Tensor:
         total = self.objective.l2 * basis
-        with _second_order_backends(self.model):
+        with _functorch_backends(self.model):
             for x, y in _chunks(self.data, self.batch_size, self.theta.device):
                 block = torch.func.vmap(lambda v: self._batch_product(x, y, v))(basis)
                 total = total + self.scale * block.detach()

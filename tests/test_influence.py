@@ -174,3 +174,21 @@ def test_bad_arguments_raise(problem):
         Objective(l2=-1.0)
     with pytest.raises(ValueError, match="linear"):
         gradient_residual(model, Objective(), (x, y), linear=torch.zeros(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lstm_products_on_cuda_match_cpu():
+    torch.manual_seed(2)
+    model = _TinyLSTM().double()
+    tokens, targets = torch.randint(0, 7, (4, 8)), torch.randint(0, 7, (4, 8))
+    objective, space = Objective(l2=0.1), ParamSpace(model, ["lstm", "head"])
+    v = torch.randn(space.dim, dtype=torch.float64)
+    for kind in ("exact", "gauss-newton"):
+        cpu = Curvature(model, objective, space, (tokens, targets), kind=kind)(v)
+        gpu = Curvature(model.cuda(), objective, space, (tokens, targets), kind=kind)(v.cuda())
+        model.cpu()
+        torch.testing.assert_close(gpu.cpu(), cpu)
+    gpu_grad = gradient_difference(model.cuda(), objective, space, (tokens, targets), (tokens, targets.roll(1, 1)))
+    model.cpu()
+    cpu_grad = gradient_difference(model, objective, space, (tokens, targets), (tokens, targets.roll(1, 1)))
+    torch.testing.assert_close(gpu_grad.cpu(), cpu_grad)
