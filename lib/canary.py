@@ -12,8 +12,10 @@ character replaced by another one of the secret's alphabet. `SecretFormat` descr
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import string
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,6 +25,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import models, train
+from .influence import Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference
+from .exposure import (exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity, log_perplexity,
+                       random_secrets)
 from .runtime import get_device
 from .unlearn import Request, request_from_datasets, text_windows
 
@@ -246,25 +251,45 @@ def fit_language_model(model: nn.Module, windows: tuple[Tensor, Tensor], *, epoc
     return losses
 
 
-def language_model(corpus: CanaryCorpus, recipe: dict, *, clean: bool = False, seed: int = 0,
-                   device: str | torch.device | None = None, progress: bool = True) -> models.CharLSTM:
-    """The CharLSTM trained with `recipe` (embed_dim, hidden_size, num_layers, epochs, batch_size, lr) on
-    the corpus windows — or, with `clean`, on the corrected windows (retraining without the canary).
-    Cached by everything that determines the weights."""
-    arch = {k: recipe[k] for k in ("embed_dim", "hidden_size", "num_layers")}
-    fit_args = {k: recipe[k] for k in ("epochs", "batch_size", "lr")}
-    windows = corpus.clean_windows() if clean else corpus.windows
-    key = {"name": "char_lstm" + ("_clean" if clean else ""), "text": corpus.digest, "vocab": corpus.vocab.chars,
-           "windows": list(windows[0].shape), "request_rows": len(corpus.request), "seed": seed, **arch, **fit_args}
+RECIPE_KEYS = ("embed_dim", "hidden_size", "num_layers", "epochs", "batch_size", "lr")
 
-    def build() -> nn.Module:
-        torch.manual_seed(seed)
-        return models.CharLSTM(len(corpus.vocab), **arch)
+
+def _split_recipe(recipe: dict) -> tuple[dict, dict]:
+    missing = [k for k in RECIPE_KEYS if k not in recipe]
+    if missing:
+        raise ValueError(f"recipe lacks {missing}; give all of {list(RECIPE_KEYS)}.")
+    return ({k: recipe[k] for k in RECIPE_KEYS[:3]}, {k: recipe[k] for k in RECIPE_KEYS[3:]})
+
+
+def _build(corpus: CanaryCorpus, arch: dict, seed: int) -> models.CharLSTM:
+    torch.manual_seed(seed)
+    return models.CharLSTM(len(corpus.vocab), **arch)
+
+
+def language_model(corpus: CanaryCorpus, recipe: dict, *, seed: int = 0, device: str | torch.device | None = None,
+                   progress: bool = True) -> models.CharLSTM:
+    """The CharLSTM trained with `recipe` (embed_dim, hidden_size, num_layers, epochs, batch_size, lr) on
+    the corpus windows (canary included), cached by everything that determines the weights."""
+    arch, fit_args = _split_recipe(recipe)
+    key = {"name": "char_lstm", "text": corpus.digest, "vocab": corpus.vocab.chars,
+           "windows": list(corpus.windows[0].shape), "seed": seed, **arch, **fit_args}
 
     def fit(model: nn.Module) -> None:
-        fit_language_model(model, windows, seed=seed, device=device, progress=progress, **fit_args)
+        fit_language_model(model, corpus.windows, seed=seed, device=device, progress=progress, **fit_args)
 
-    return train.cached_model(key, build, fit, device)
+    return train.cached_model(key, lambda: _build(corpus, arch, seed), fit, device)
+
+
+def retrain(corpus: CanaryCorpus, recipe: dict, *, seed: int = 0, device: str | torch.device | None = None,
+            progress: bool = True) -> tuple[models.CharLSTM, dict]:
+    """Retraining from scratch on the corrected windows (the gold standard), never cached so that its
+    time is real; same recipe and seed as the original model."""
+    arch, fit_args = _split_recipe(recipe)
+    start = time.perf_counter()
+    model = _build(corpus, arch, seed).to(get_device(device))
+    fit_language_model(model, corpus.clean_windows(), seed=seed, device=device, progress=progress, **fit_args)
+    return model, {"method": "retraining", "seconds": time.perf_counter() - start,
+                   "grad_evals": fit_args["epochs"] * len(corpus.windows[0])}
 
 
 @torch.no_grad()
@@ -280,3 +305,104 @@ def lm_metrics(model: nn.Module, windows: tuple[Tensor, Tensor], batch_size: int
         correct += (logits.argmax(-1) == y).sum().item()
         count += y.numel()
     return {"loss": loss / count, "accuracy": correct / count}
+
+
+def positional_pairs(corpus: CanaryCorpus) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """The request targeted at every secret position: for each position i and each affected window, the
+    window as it is (Z, repeated) and a copy whose secret characters from position i on are replaced
+    while those before i stay true (Z̃_i). Teacher forcing asks "what follows the true first i
+    characters?"; the plain request never shows that context with another continuation, this one does."""
+    rows = corpus.request.rows
+    z_tilde_x, z_tilde_y = [], []
+    offsets = torch.arange(corpus.fmt.length) + len(corpus.fmt.prefix)
+    starts = torch.as_tensor(corpus.starts)
+    stride = _window_stride(corpus)
+    length = corpus.windows[0].shape[1]
+    for i in range(corpus.fmt.length):
+        stream = corpus.stream.clone()
+        late = (starts[:, None] + offsets[None, i:]).reshape(-1)
+        stream[late] = corpus.corrected[late]
+        idx = rows[:, None] * stride + torch.arange(length)[None, :]
+        z_tilde_x.append(stream[idx])
+        z_tilde_y.append(stream[idx + 1])
+    z = (corpus.request.z[0].repeat(corpus.fmt.length, 1), corpus.request.z[1].repeat(corpus.fmt.length, 1))
+    return z, (torch.cat(z_tilde_x), torch.cat(z_tilde_y))
+
+
+def _window_stride(corpus: CanaryCorpus) -> int:
+    x = corpus.windows[0]
+    # Windows are consecutive slices of the stream; the stride is where the second one starts.
+    for stride in range(1, x.shape[1] + 1):
+        if torch.equal(corpus.stream[stride:stride + x.shape[1]], x[1]):
+            return stride
+    raise ValueError("the corpus windows are not strided slices of its stream.")
+
+
+def first_order_pairs(model: nn.Module, objective: Objective, z: tuple[Tensor, Tensor],
+                      z_tilde: tuple[Tensor, Tensor], *, tau: float, weight: float = 1.0,
+                      params: Sequence[str] | None = None) -> tuple[nn.Module, dict]:
+    """θ − τ·weight·G for a request given as row pairs that may repeat rows (see `second_order_pairs`)."""
+    if tau <= 0 or weight <= 0:
+        raise ValueError(f"tau={tau} and weight={weight} must be > 0.")
+    start = time.perf_counter()
+    new = copy.deepcopy(model)
+    space = ParamSpace(new, params)
+    g = gradient_difference(new, objective, space, z, z_tilde)
+    space.assign(new, space.flat(new) - tau * weight * g)
+    return new, {"method": "first-order (every position)", "seconds": time.perf_counter() - start,
+                 "grad_evals": 2 * len(z[0])}
+
+
+def second_order_pairs(model: nn.Module, objective: Objective, z: tuple[Tensor, Tensor],
+                       z_tilde: tuple[Tensor, Tensor], data: tuple[Tensor, Tensor], *, weight: float = 1.0,
+                       steps: int = 1, curvature: str = "gauss-newton", damping: float = 0.0,
+                       max_iter: int = 50, tol: float = 1e-4, hessian_rows: int | None = None,
+                       params: Sequence[str] | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
+    """θ ← θ − (H + damping·I)⁻¹ G/steps, `steps` times, re-linearizing G and H after each step, for a
+    request given as row pairs that may repeat rows (which `lib.unlearn.Request` forbids); `weight`
+    scales G (1/k for k repeats). A thin wrapper over `lib.influence` for `positional_pairs`."""
+    if steps < 1 or weight <= 0:
+        raise ValueError(f"steps={steps} must be >= 1 and weight={weight} > 0.")
+    start = time.perf_counter()
+    new = copy.deepcopy(model)
+    space = ParamSpace(new, params)
+    generator = torch.Generator().manual_seed(seed)
+    evals, stats = 0, []
+    for _ in range(steps):
+        g = gradient_difference(new, objective, space, z, z_tilde) * (weight / steps)
+        h = Curvature(new, objective, space, data, kind=curvature, rows=hessian_rows, generator=generator)
+        delta, info = conjugate_gradient(h, g, damping=damping, tol=tol, max_iter=max_iter)
+        space.assign(new, space.flat(new) - delta)
+        evals += 2 * len(z[0]) + h.evals
+        stats.append(info)
+    return new, {"method": "second-order (every position)", "seconds": time.perf_counter() - start,
+                 "grad_evals": evals, "steps": steps, "solver": stats}
+
+
+class CanaryScorer:
+    """Scores a model's memory of the corpus secret both ways, against `n_candidates` random secrets.
+
+    Carlini's exposure rescores the candidates with each model (teacher-forced); the authors' variant
+    scores the canary after the model's own greedy characters against the candidates scored, the same
+    way, by `reference` (the model before unlearning). Skew-normal exposures are capped at log₂|R|."""
+
+    def __init__(self, corpus: CanaryCorpus, reference: nn.Module, n_candidates: int, seed: int):
+        self.corpus = corpus
+        generator = torch.Generator().manual_seed(seed)
+        self.candidates = random_secrets(corpus.alphabet_tokens, corpus.fmt.length, n_candidates, generator)
+        self.reference_greedy = greedy_log_perplexity(reference, corpus.prefix_tokens, self.candidates)
+
+    def __call__(self, model: nn.Module) -> dict:
+        c, space = self.corpus, self.corpus.fmt.space_size
+        prefix, secret = c.prefix_tokens, c.secret_tokens[None]
+        teacher = log_perplexity(model, prefix, secret)[0].item()
+        candidates = log_perplexity(model, prefix, self.candidates)
+        greedy = greedy_log_perplexity(model, prefix, secret)[0].item()
+        completion = c.vocab.decode(greedy_completion(model, prefix, c.fmt.length))
+        return {"exposure": exposure_skewnorm(teacher, candidates, space),
+                "exposure_rank": exposure_rank(teacher, candidates),
+                "exposure_authors": exposure_skewnorm(greedy, self.reference_greedy, space),
+                "log_perplexity": teacher, "greedy_log_perplexity": greedy, "completion": completion,
+                "leaks": completion == c.secret,
+                "train_loss": lm_metrics(model, c.clean_windows())["loss"],
+                "val_loss": lm_metrics(model, c.validation)["loss"]}

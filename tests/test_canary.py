@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from lib import models
-from lib.canary import (SecretFormat, Vocabulary, check_window, fit_language_model, insert_canary, lm_metrics,
-                        make_corpus)
+from lib import models, unlearn
+from lib.canary import (SecretFormat, Vocabulary, check_window, first_order_pairs, fit_language_model, insert_canary,
+                        lm_metrics, make_corpus, positional_pairs, second_order_pairs)
+from lib.influence import Objective, ParamSpace
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -117,3 +118,36 @@ def test_language_model_training_lowers_the_loss():
     assert after["accuracy"] > before["accuracy"]
     with pytest.raises(ValueError, match="epochs"):
         fit_language_model(model, c.windows, epochs=0, batch_size=8, lr=1e-2)
+
+
+def test_positional_pairs_keep_the_true_digits_before_each_position():
+    c = _corpus(copies=2)
+    z, z_tilde = positional_pairs(c)
+    k, n = c.fmt.length, len(c.request)
+    assert z[0].shape == z_tilde[0].shape == (k * n, 48)
+    for i in range(k):
+        for row, window in zip(c.request.rows.tolist(), z_tilde[0][i * n:(i + 1) * n]):
+            text, original = c.vocab.decode(window), c.vocab.decode(c.windows[0][row])
+            for s in c.starts:
+                for d in range(k):
+                    pos = s + len(c.fmt.prefix) + d - 20 * row
+                    if 0 <= pos < 48:
+                        assert (text[pos] == original[pos]) == (d < i)
+
+
+def _tiny_model(c):
+    torch.manual_seed(0)
+    return models.CharLSTM(len(c.vocab), embed_dim=8, hidden_size=16, num_layers=1).double()
+
+
+def test_pair_updates_match_lib_unlearn_on_the_plain_request():
+    c = _corpus(copies=2, chars=1200, val_chars=500)
+    model, objective = _tiny_model(c), Objective()
+    pairs = (c.request.z, c.request.z_tilde)
+    first, _ = first_order_pairs(model, objective, *pairs, tau=1e-3)
+    expected, _ = unlearn.first_order(model, objective, c.request, tau=1e-3)
+    torch.testing.assert_close(ParamSpace(first).flat(first), ParamSpace(expected).flat(expected))
+    second, _ = second_order_pairs(model, objective, *pairs, c.windows, damping=1.0, max_iter=5, tol=1e-12)
+    expected, _ = unlearn.second_order(model, objective, c.request, c.windows, curvature="gauss-newton",
+                                       damping=1.0, max_iter=5, tol=1e-12)
+    torch.testing.assert_close(ParamSpace(second).flat(second), ParamSpace(expected).flat(expected))
