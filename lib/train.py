@@ -122,8 +122,10 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
              device: str | torch.device | None = None) -> float:
-    """Share of rows whose arg-max output equals the label."""
-    return (predict_logits(model, x, batch_size, device).argmax(1) == y).float().mean().item()
+    """Share of rows whose predicted class equals the label (one logit per row: class 1 when positive)."""
+    logits = predict_logits(model, x, batch_size, device)
+    pred = (logits > 0).long() if logits.dim() == 1 else logits.argmax(1)
+    return (pred == y.to(pred.device)).float().mean().item()
 
 
 MNIST_RECIPES = {

@@ -233,3 +233,13 @@ def test_update_readme_replaces_only_the_table(tmp_path):
     readme.write_text("intro\n<!-- results-table -->\nold\n<!-- /results-table -->\nafter\n")
     runner.update_readme(readme, "# Results\n\n| a | b |\n|---|---|\n")
     assert readme.read_text() == "intro\n<!-- results-table -->\n| a | b |\n|---|---|\n<!-- /results-table -->\nafter\n"
+
+
+def test_accuracy_handles_binary_single_logit_models():
+    net = models.LogisticRegression(2)
+    with torch.no_grad():
+        net.linear.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        net.linear.bias.zero_()
+    x, y = _separable()
+    assert train.accuracy(net, x, y) == 1.0
+    assert train.accuracy(net, x, 1 - y) == 0.0
