@@ -7,8 +7,10 @@ NDSS 2023, Section 6, "unlearning sensitive data"), after Carlini et al.'s *The 
 *Alice's Adventures in Wonderland*; the text becomes next-character windows; the unlearning request
 `(Z, Z̃)` holds exactly the windows that touch a secret character and the same windows with every secret
 character replaced by another one of the secret's alphabet. `SecretFormat` describes any secret pattern,
-`Vocabulary` maps characters to tokens, and `fit_language_model`/`language_model` train a
-`models.CharLSTM` (cached through `train.cached_model`).
+`Vocabulary` maps characters to tokens, `fit_language_model`/`language_model`/`retrain` train a
+`models.CharLSTM` (the original cached through `train.cached_model`), and `CanaryScorer` reports both exposure
+definitions of `lib.exposure` for a model. `positional_pairs` builds our request that targets every secret
+position, with thin first-/second-order updates over `lib.influence` for its repeated rows.
 """
 from __future__ import annotations
 
