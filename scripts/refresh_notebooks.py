@@ -56,6 +56,7 @@ def refresh(path: Path, results: Path) -> float:
 
 
 def main(patterns: list[str]) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the same thread count as ./run_tests.sh
     books = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if patterns:
         books = [b for b in books if any(fnmatch.fnmatch(b.name, f"*{p}*") for p in patterns)]
