@@ -135,8 +135,9 @@ class Scenario:
         return self.x, self.y_poisoned
 
     def restored(self, accuracy: float) -> float:
-        """Percent of the poisoning gap closed: 100·(after − poisoned)/(clean − poisoned)."""
-        return 100 * (accuracy - self.poisoned_acc) / (self.clean_acc - self.poisoned_acc)
+        """Percent of the poisoning gap closed: 100·(after − poisoned)/(clean − poisoned); NaN without a gap."""
+        gap = self.clean_acc - self.poisoned_acc
+        return 100 * (accuracy - self.poisoned_acc) / gap if gap else float("nan")
 
 
 def make_scenario(dataset: str, budget: float, *, n_train: int, profile: str = "quick", seed: int = 0,
