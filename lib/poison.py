@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import data, models, train, unlearn
-from .influence import Objective, ParamSpace, top_eigenvalue, Curvature
+from .influence import Curvature, Objective, ParamSpace, gradient_difference, top_eigenvalue
 from .runtime import check_choice, check_profile, check_range, get_device
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -307,12 +307,37 @@ def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: s
         record["grad_evals"] = scenario.recipe["epochs"] * int(torch.isin(sisa.shard_of, affected).sum())
         model = None
     scorer = sisa.accuracy if model is None else (lambda x, y: unlearn.accuracy(model, x, y))
+    return model, _row(scenario, scorer, record, label or method, subset, options)
+
+
+def _row(scenario: Scenario, scorer, record: dict, label: str, subset: str, options: dict) -> dict:
     acc = scorer(*scenario.test)
-    row = {"method": label or method, "subset": subset, "budget": scenario.budget, "accuracy": acc,
-           "val_accuracy": scorer(*scenario.val), "restored": scenario.restored(acc),
-           "grad_evals": record["grad_evals"], "seconds": record["seconds"], **_solver_stats(record),
-           **{k: v for k, v in options.items() if isinstance(v, (int, float, str))}}
-    return model, row
+    return {"method": label, "subset": subset, "budget": scenario.budget, "accuracy": acc,
+            "val_accuracy": scorer(*scenario.val), "restored": scenario.restored(acc),
+            "grad_evals": record["grad_evals"], "seconds": record["seconds"], **_solver_stats(record),
+            **{k: v for k, v in options.items() if isinstance(v, (int, float, str))}}
+
+
+def first_order_sweep(scenario: Scenario, taus: list[float], *, label: str = "first-order",
+                      device: str | torch.device | None = None) -> list[dict]:
+    """Rows of the first-order update θ − τG (all parameters) for every τ in `taus`, from ONE gradient
+    difference G (it does not depend on τ; `run_method` per τ would recompute it). Each row reports the
+    cost of one update: G plus the step."""
+    if not taus or min(taus) <= 0:
+        raise ValueError(f"taus={taus!r} must be a non-empty list of unlearning rates > 0.")
+    base = copy.deepcopy(scenario.poisoned).to(get_device(device))
+    space, request = ParamSpace(base), scenario.request
+    start = time.perf_counter()
+    g = gradient_difference(base, objective(), space, request.z, request.z_tilde)
+    seconds = time.perf_counter() - start
+    rows = []
+    for tau in taus:
+        model = copy.deepcopy(base)
+        space.assign(model, space.flat(base) - tau * g)
+        record = {"grad_evals": 2 * len(request), "seconds": seconds}
+        rows.append(_row(scenario, lambda x, y: unlearn.accuracy(model, x, y), record, label, "all",
+                         {"tau": tau}))
+    return rows
 
 
 def sweep(scenario: Scenario, method: str, name: str, values: list, *, label: str | None = None,

@@ -151,3 +151,13 @@ def test_iterative_with_one_step_is_the_plain_newton_step(tiny_poisoned):
     expected = theta - torch.linalg.solve(hessian, g)
     got = torch.cat([p.detach().reshape(-1) for p in new.parameters()])
     assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_first_order_sweep_equals_one_update_per_tau(mnist_small):
+    torch.manual_seed(0)
+    sc = _scenario(*mnist_small, models.MnistCNN())
+    rows = poison.first_order_sweep(sc, [1e-3, 1e-2], device="cpu")
+    for row, tau in zip(rows, [1e-3, 1e-2]):
+        _, single = poison.run_method(sc, "first-order", tau=tau, device="cpu")
+        assert row["tau"] == tau and row["accuracy"] == single["accuracy"]
+        assert row["grad_evals"] == single["grad_evals"]
