@@ -78,7 +78,8 @@ def collect(results: Path, kind: str) -> list[dict]:
 
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return text.replace("|", "\\|")  # a bare | would split the markdown table cell
 
 
 def write_summary(results: Path, summary: dict) -> None:
@@ -90,7 +91,7 @@ def write_summary(results: Path, summary: dict) -> None:
              "| notebook | status | seconds |", "|---|---|---|"]
     lines += [f"| {n['notebook']} | {n['status']} | {n['seconds']:.0f} |" for n in summary["notebooks"]]
     lines += ["", "| claim | paper | ours | holds | notebook |", "|---|---|---|---|---|"]
-    lines += [f"| `{c['id']}` — {c['what']} | {_fmt(c['paper'])} | {_fmt(c['ours'])} | "
+    lines += [f"| `{c['id']}` — {_fmt(c['what'])} | {_fmt(c['paper'])} | {_fmt(c['ours'])} | "
               f"{'yes' if c['holds'] else '**no**'} | {c['notebook']} |" for c in summary["claims"]]
     (results / "summary.md").write_text("\n".join(lines) + "\n")
 
