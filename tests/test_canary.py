@@ -7,13 +7,7 @@ from lib.canary import (SecretFormat, Vocabulary, check_window, first_order_pair
                         lm_metrics, make_corpus, positional_pairs, second_order_pairs)
 from lib.influence import Objective, ParamSpace
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny LSTMs run fastest on one thread; on a busy machine two threads spin against each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXT = "".join(f"line {i} of a small text about Alice and the rabbit.\n" for i in range(120))

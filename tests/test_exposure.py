@@ -13,13 +13,7 @@ from lib.canary import SecretFormat, fit_language_model, make_corpus
 from lib.exposure import (all_secrets, exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity,
                           log_perplexity, max_exposure, random_secrets)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny LSTMs run fastest on one thread; on a busy machine two threads spin against each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXT = "".join(f"the rabbit ran past line {i % 7} and Alice followed it down.\n" for i in range(60))
