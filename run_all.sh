@@ -7,4 +7,4 @@ bash scripts/setup.sh
 # One CPU thread unless told otherwise: results are then bit-identical run to run (nbval compares them),
 # and torch with 2 threads on a busy 2-core machine was measured 16x slower.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec .venv/bin/python -m lib.runner "$@"
+exec .venv/bin/python -m gsmu.base.runner "$@"

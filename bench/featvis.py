@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from lib import featvis
-from lib.models import MnistCNN
+from gsmu.gs import featvis
+from gsmu.base.models import MnistCNN
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ import time
 
 import torch
 
-from lib import data, featvis, slingshot
-from lib.models import MnistCNN
+from gsmu.base import data
+from gsmu.gs import featvis, slingshot
+from gsmu.base.models import MnistCNN
 
 
 def main() -> None:

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import data, models, unlearn
-from lib.influence import (Curvature, Objective, ParamSpace, binary_cross_entropy_sum, conjugate_gradient,
+from gsmu.base import data, models
+from gsmu.mu import unlearn
+from gsmu.mu.influence import (Curvature, Objective, ParamSpace, binary_cross_entropy_sum, conjugate_gradient,
                            cross_entropy_sum, gradient_difference, gradient_residual, lissa, top_eigenvalue)
 
 

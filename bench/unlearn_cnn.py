@@ -23,7 +23,8 @@ def _rss_mib() -> float:
 
 
 def _measure(job: str, args: argparse.Namespace, queue: mp.Queue) -> None:
-    from lib import poison, train
+    from gsmu.mu import poison
+    from gsmu.base import train
 
     torch.set_num_threads(args.threads)
     sc = poison.make_scenario("mnist", 0.4, n_train=args.n_train, seed=0)  # cached after the first run

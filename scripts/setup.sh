@@ -16,4 +16,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q -e . 2> >(grep -v "^WARNING: Location" >&2)
     echo "$want" > "$stamp"
 fi
-.venv/bin/python -m lib.data > /dev/null
+.venv/bin/python -m gsmu.base.data > /dev/null

@@ -1,11 +1,12 @@
-"""Oracles for lib.canary: the planted text, the windows, and the request (Z, Z̃) checked independently."""
+"""Oracles for gsmu.mu.canary: the planted text, the windows, and the request (Z, Z̃) checked independently."""
 import pytest
 import torch
 
-from lib import models, unlearn
-from lib.canary import (SecretFormat, Vocabulary, check_window, first_order_pairs, fit_language_model, insert_canary,
+from gsmu.base import models
+from gsmu.mu import unlearn
+from gsmu.mu.canary import (SecretFormat, Vocabulary, check_window, first_order_pairs, fit_language_model, insert_canary,
                         lm_metrics, make_corpus, positional_pairs, second_order_pairs)
-from lib.influence import Objective, ParamSpace
+from gsmu.mu.influence import Objective, ParamSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

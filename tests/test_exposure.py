@@ -1,4 +1,4 @@
-"""Oracles for lib.exposure: exact enumeration of small secret spaces, step-by-step decoding with the
+"""Oracles for gsmu.mu.exposure: exact enumeration of small secret spaces, step-by-step decoding with the
 LSTM's own state, and the closed-form rank formula."""
 import math
 
@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from lib import models
-from lib.canary import SecretFormat, fit_language_model, make_corpus
-from lib.exposure import (all_secrets, exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity,
+from gsmu.base import models
+from gsmu.mu.canary import SecretFormat, fit_language_model, make_corpus
+from gsmu.mu.exposure import (all_secrets, exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity,
                           log_perplexity, max_exposure, random_secrets)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,11 +1,11 @@
-"""Tests of lib.featvis against independent oracles (numpy.fft, direct indexing, one-at-a-time runs)."""
+"""Tests of gsmu.gs.featvis against independent oracles (numpy.fft, direct indexing, one-at-a-time runs)."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from lib import featvis
-from lib.models import MnistCNN
+from gsmu.gs import featvis
+from gsmu.base.models import MnistCNN
 
 
 def tiny_cnn(channels: int = 1, seed: int = 0) -> nn.Module:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lib import claims, data, models, runner, runtime, train
+from gsmu.base import claims, data, models, runner, runtime, train
 
 
 @pytest.fixture
@@ -211,7 +211,7 @@ def test_runner_runs_all_reports_failures_and_claims(tmp_path, capsys):
     books, results = tmp_path / "nbs", tmp_path / "res"
     books.mkdir()
     _notebook(books / "01_ok.ipynb",
-              "from lib.claims import record_claim\nrecord_claim('t.ok', 'profile reached', 'paper', 1.0, profile == 'paper')")
+              "from gsmu.base.claims import record_claim\nrecord_claim('t.ok', 'profile reached', 'paper', 1.0, profile == 'paper')")
     _notebook(books / "02_bad.ipynb", "raise ValueError('boom')")
     code = runner.main(["--profile", "paper", "--notebooks", str(books), "--results", str(results)])
     assert code == 1

@@ -1,10 +1,10 @@
-"""Oracles for lib.influence: autograd Hessians and Jacobians, dense solves, finite differences."""
+"""Oracles for gsmu.mu.influence: autograd Hessians and Jacobians, dense solves, finite differences."""
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from lib.influence import (Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference,
+from gsmu.mu.influence import (Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference,
                            gradient_residual, lissa, loss_gradient, solve_exact, top_eigenvalue)
 
 

@@ -1,4 +1,4 @@
-"""Tests of lib.metrics against independent computations (scikit-image SSIM, scipy's Mann-Whitney U, sets)."""
+"""Tests of gsmu.gs.metrics against independent computations (scikit-image SSIM, scipy's Mann-Whitney U, sets)."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +6,7 @@ from scipy.stats import mannwhitneyu
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from lib import metrics
+from gsmu.gs import metrics
 
 
 def test_ssim_matches_scikit_image_and_identity():

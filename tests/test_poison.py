@@ -1,12 +1,13 @@
-"""Tests of lib.poison (label-flip poisoning, the head-only update path, the runner) and of the label
-requests of lib.unlearn it relies on. Oracles: per-class counting, exact retraining, the dense autograd
+"""Tests of gsmu.mu.poison (label-flip poisoning, the head-only update path, the runner) and of the label
+requests of gsmu.mu.unlearn it relies on. Oracles: per-class counting, exact retraining, the dense autograd
 Hessian, and the same update computed on the full model with a parameter subset."""
 import pytest
 import torch
 from torch import nn
 
-from lib import models, poison, unlearn
-from lib.influence import Objective
+from gsmu.base import models
+from gsmu.mu import poison, unlearn
+from gsmu.mu.influence import Objective
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_runner_rejects_bad_choices(mnist_small):
     ("second-order", dict(curvature="gauss-newton", damping=1.0, max_iter=30, tol=1e-10)),
 ])
 def test_head_update_equals_the_update_restricted_to_head_parameters(mnist_small, method, options):
-    # lib.poison runs head updates on cached body features; the oracle is lib.unlearn on the full model
+    # gsmu.mu.poison runs head updates on cached body features; the oracle is gsmu.mu.unlearn on the full model
     # with params restricted to the same layers.
     torch.manual_seed(0)
     model = models.MnistCNN().double()

@@ -1,9 +1,9 @@
-"""Tests of lib.slingshot: loss oracles built from models of known shape, a short manipulation, validation."""
+"""Tests of gsmu.gs.slingshot: loss oracles built from models of known shape, a short manipulation, validation."""
 import pytest
 import torch
 from torch import nn
 
-from lib import featvis, metrics, slingshot
+from gsmu.gs import featvis, metrics, slingshot
 
 
 class Quadratic(nn.Module):

@@ -1,4 +1,4 @@
-"""Oracles for lib.unlearn: exact retraining (closed-form ridge, L-BFGS), autograd gradients, brute force."""
+"""Oracles for gsmu.mu.unlearn: exact retraining (closed-form ridge, L-BFGS), autograd gradients, brute force."""
 import math
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lib.influence import Objective, binary_cross_entropy_sum, gradient_residual
-from lib.unlearn import (Request, Sisa, apply_request, best_first_order, certified_run, certify_constant,
+from gsmu.mu.influence import Objective, binary_cross_entropy_sum, gradient_residual
+from gsmu.mu.unlearn import (Request, Sisa, apply_request, best_first_order, certified_run, certify_constant,
                          certifying_sigma, compare_methods, example_losses, first_order, fix_labels, fit_lbfgs,
                          fine_tune, is_certified, param_distance, perturbation, remove_features, replace_tokens,
                          request_from_datasets, retrain, second_order, text_windows, zero_features)

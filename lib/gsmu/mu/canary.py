@@ -9,8 +9,8 @@ NDSS 2023, Section 6, "unlearning sensitive data"), after Carlini et al.'s *The 
 character replaced by another one of the secret's alphabet. `SecretFormat` describes any secret pattern,
 `Vocabulary` maps characters to tokens, `fit_language_model`/`language_model`/`retrain` train a
 `models.CharLSTM` (the original cached through `train.cached_model`), and `CanaryScorer` reports both exposure
-definitions of `lib.exposure` for a model. `positional_pairs` builds our request that targets every secret
-position, with thin first-/second-order updates over `lib.influence` for its repeated rows.
+definitions of `gsmu.mu.exposure` for a model. `positional_pairs` builds our request that targets every secret
+position, with thin first-/second-order updates over `gsmu.mu.influence` for its repeated rows.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import models, train
+from ..base import models, train
 from .influence import Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference
 from .exposure import (exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity, log_perplexity,
                        random_secrets)
-from .runtime import get_device
+from ..base.runtime import get_device
 from .unlearn import Request, request_from_datasets, text_windows
 
 SLOT = "{secret}"
@@ -361,8 +361,8 @@ def second_order_pairs(model: nn.Module, objective: Objective, z: tuple[Tensor, 
                        max_iter: int = 50, tol: float = 1e-4, hessian_rows: int | None = None,
                        params: Sequence[str] | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
     """θ ← θ − (H + damping·I)⁻¹ G/steps, `steps` times, re-linearizing G and H after each step, for a
-    request given as row pairs that may repeat rows (which `lib.unlearn.Request` forbids); `weight`
-    scales G (1/k for k repeats). A thin wrapper over `lib.influence` for `positional_pairs`."""
+    request given as row pairs that may repeat rows (which `gsmu.mu.unlearn.Request` forbids); `weight`
+    scales G (1/k for k repeats). A thin wrapper over `gsmu.mu.influence` for `positional_pairs`."""
     if steps < 1 or weight <= 0:
         raise ValueError(f"steps={steps} must be >= 1 and weight={weight} > 0.")
     start = time.perf_counter()

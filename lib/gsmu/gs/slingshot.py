@@ -1,7 +1,7 @@
-"""The Gradient Slingshot manipulation (Bareeva et al., NeurIPS 2025, Sec. 4; SPEC.md "GS — the manipulation").
+"""The Gradient Slingshot manipulation (Bareeva et al., NeurIPS 2025, Sec. 4).
 
 Fine-tunes a copy of a model so that activation maximization of one unit lands on a chosen target image
-while the unit's behaviour on real data is preserved. In the FV parameter space q (see `lib.featvis`),
+while the unit's behaviour on real data is preserved. In the FV parameter space q (see `gsmu.gs.featvis`),
 manipulation points `q = p·q_t + u` are drawn along the *tunnel* from the initialization region to the
 target's parameters `q_t = η⁻¹(x_t)`; the gradient-form loss `MSE(∇_q h(η(q)), γ(q_t − q))` (a double
 backward) shapes the unit into `−γ/2‖q_t − q‖² + C` there, so gradient ascent is pulled onto q_t. The
@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import featvis, metrics, train
-from .runtime import cache_dir, check_choice, check_range, get_device
+from . import featvis, metrics
+from ..base import train
+from ..base.runtime import cache_dir, check_choice, check_range, get_device
 
 
 @dataclass

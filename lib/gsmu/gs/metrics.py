@@ -1,7 +1,6 @@
-"""Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"; SPEC.md
-"GS — evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, LPIPS where its
+"""Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, LPIPS where its
 pretrained weights can be had), the AUROC of a unit's activation for its own class (scikit-learn), and the
-top-k Jaccard overlap of natural examples before and after. Accuracy is `lib.train.accuracy`.
+top-k Jaccard overlap of natural examples before and after. Accuracy is `gsmu.base.train.accuracy`.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from . import featvis
-from .runtime import get_device
+from ..base.runtime import get_device
 
 
 def _pair(images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

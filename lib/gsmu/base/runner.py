@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, help="output folder (default: results/<profile>/)")
     args = parser.parse_args(argv)
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[3]
     folder = Path(args.notebooks) if args.notebooks else root / "notebooks"
     results = (Path(args.results) if args.results else root / "results" / args.profile).resolve()
     books = find_notebooks(folder, args.only)
