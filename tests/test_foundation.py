@@ -1,14 +1,12 @@
-"""Foundation: data fetching and checksums, the checkpoint cache, models, training, claims, the runner."""
-import json
+"""Foundation: data fetching and checksums, the checkpoint cache, models, training, parameter checks."""
 import warnings
 import zipfile
 
-import nbformat
 import pytest
 import torch
 import torch.nn as nn
 
-from gsmu.base import claims, data, models, runner, runtime, train
+from gsmu.base import data, models, runtime, train
 
 
 @pytest.fixture
@@ -188,51 +186,6 @@ def test_parameter_checks():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             runtime.get_device("cuda")
-
-
-def test_record_claim_writes_rows(tmp_cache, capsys):
-    claims.record_claim("x.y", "a number", 0.5, 0.49, True)
-    claims.record_claim("x.z", "nan never holds", 1.0, float("nan"), True)
-    rows = json.loads((tmp_cache / "results" / "claims" / "nb.json").read_text())
-    assert rows["x.y"]["holds"] is True and rows["x.z"]["holds"] is False
-    assert "[claim] x.y: ours 0.49 | paper 0.5 -> holds" in capsys.readouterr().out
-
-
-def _notebook(path, source):
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('profile = "quick"  # profile')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(source)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
-def test_runner_runs_all_reports_failures_and_claims(tmp_path, capsys):
-    books, results = tmp_path / "nbs", tmp_path / "res"
-    books.mkdir()
-    _notebook(books / "01_ok.ipynb",
-              "from gsmu.base.claims import record_claim\nrecord_claim('t.ok', 'profile reached', 'paper', 1.0, profile == 'paper')")
-    _notebook(books / "02_bad.ipynb", "raise ValueError('boom')")
-    code = runner.main(["--profile", "paper", "--notebooks", str(books), "--results", str(results)])
-    assert code == 1
-    summary = json.loads((results / "summary.json").read_text())
-    assert [(n["notebook"], n["status"]) for n in summary["notebooks"]] == [("01_ok", "passed"), ("02_bad", "failed")]
-    assert summary["claims"] == [{"id": "t.ok", "what": "profile reached", "paper": "paper", "ours": 1.0,
-                                  "holds": True, "notebook": "01_ok"}]
-    assert "boom" in summary["notebooks"][1]["error"] and (results / "notebooks" / "02_bad.ipynb").exists()
-    assert "| `t.ok` — profile reached |" in (results / "summary.md").read_text()
-    assert "FAILED 02_bad" in capsys.readouterr().err
-    assert runner.main(["--profile", "paper", "--notebooks", str(books), "--results", str(results),
-                        "--only", "01_"]) == 0
-    with pytest.raises(SystemExit):
-        runner.main(["--profile", "bogus"])
-
-
-def test_update_readme_replaces_only_the_table(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results-table -->\nold\n<!-- /results-table -->\nafter\n")
-    runner.update_readme(readme, "# Results\n\n| a | b |\n|---|---|\n")
-    assert readme.read_text() == "intro\n<!-- results-table -->\n| a | b |\n|---|---|\n<!-- /results-table -->\nafter\n"
 
 
 def test_accuracy_handles_binary_single_logit_models():

@@ -70,6 +70,8 @@ class Stats:
     @classmethod
     def of(cls, values: list[float], seeds: list[int]) -> "Stats":
         values = [float(v) for v in values]
+        if not all(math.isfinite(v) for v in values):
+            return cls(mean=math.nan, sd=math.nan, n=len(values), values=values, seeds=list(seeds))
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return cls(mean=statistics.fmean(values), sd=sd, n=len(values), values=values, seeds=list(seeds))
 

@@ -1,0 +1,53 @@
+"""Derive the test's reference bands from a multi-seed run of the main job.
+
+Usage: .venv/bin/python scripts/make_reference.py [results/quick/summary.json] [tests/reference/quick.json]
+
+Band of each claim: a 99% prediction interval for one new draw from the seeds' distribution,
+`mean ± t(0.995, n−1)·sd·√(1 + 1/n)`, widened by 2% of the largest |value| plus 1e-6 (claims the seed does
+not move still meet another CPU's rounding). The test run executes seed 0 on whatever CPU it gets; a
+value outside the band means the result changed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def band(values: list[float]) -> tuple[float, float, float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = (stats.t.ppf(0.995, n - 1) * sd * math.sqrt(1 + 1 / n) if n > 1 else 0.0)
+    half += 0.02 * max(abs(v) for v in values) + 1e-6
+    return mean, sd, mean - half, mean + half
+
+
+def main(summary_path: Path, out: Path) -> None:
+    summary = json.loads(summary_path.read_text())
+    claims = {}
+    for c in summary["claims"]:
+        values = c["ours"]["values"]
+        if c["ours"]["n"] < 3 or not all(math.isfinite(v) for v in values):
+            raise SystemExit(f"{c['id']}: needs >= 3 finite seed values for a band, has {values}")
+        mean, sd, low, high = band(values)
+        claims[c["id"]] = {"notebook": c["notebook"], "mean": mean, "sd": sd, "low": low, "high": high,
+                           "values": values, "seeds": c["ours"]["seeds"]}
+    ref = {"profile": summary["profile"], "commit": summary["commit"], "hardware": summary.get("hardware"),
+           "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "band": "mean ± t(0.995, n-1)·sd·sqrt(1 + 1/n) + 0.02·max|value| + 1e-6", "claims": claims}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(ref, indent=1) + "\n")
+    print(f"{len(claims)} claims -> {out}")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main(Path(args[0]) if args else ROOT / "results" / "quick" / "summary.json",
+         Path(args[1]) if len(args) > 1 else ROOT / "tests" / "reference" / "quick.json")
