@@ -57,6 +57,7 @@ def refresh(path: Path, results: Path) -> float:
 
 def main(patterns: list[str]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the same thread count as ./run_tests.sh
+    os.environ.setdefault("TQDM_DISABLE", "1")  # no progress-bar fragments in committed outputs
     books = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if patterns:
         books = [b for b in books if any(fnmatch.fnmatch(b.name, f"*{p}*") for p in patterns)]
