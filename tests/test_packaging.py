@@ -26,6 +26,7 @@ def test_repository_url_lives_in_pyproject():
         assert setup.source.startswith("# repro-setup") and f"git+{url}" in setup.source, \
             f"{book.name}: set-up cell out of sync; run scripts/refresh_notebooks.py"
     assert url in (ROOT / "README.md").read_text()
+    assert f'repository-code: "{url}"' in (ROOT / "CITATION.cff").read_text()
 
 
 @pytest.mark.parametrize("book", NOTEBOOKS, ids=lambda p: p.name)
