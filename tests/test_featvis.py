@@ -126,3 +126,32 @@ def test_model_left_unchanged_and_mode_restored():
     featvis.visualize(model, "4", 0, (1, 12, 12), steps=5)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_strategy_objects_compose_like_the_presets():
+    """A hand-built Strategy equals its preset bit for bit; a custom transform is applied; no clip means raw steps."""
+    model = tiny_cnn()
+    kw = dict(n_inits=2, lr=0.05, steps=10, seed=3)
+    custom = featvis.Strategy(featvis.adam, (featvis.RandomAffine(pad=2),), clip=1.0)
+    torch.testing.assert_close(featvis.visualize(model, "4", [0, 3], (1, 12, 12), strategy=custom, **kw).q,
+                               featvis.visualize(model, "4", [0, 3], (1, 12, 12), strategy="adam+gc+tr", **kw).q,
+                               rtol=0, atol=0)
+    seen = []
+
+    def flip(x, generators):  # a transform of our own: it must see every step's batch, units × inits
+        seen.append(x.shape[0])
+        return x.flip(-1)
+    flipped = featvis.visualize(model, "4", [0, 3], (1, 12, 12), strategy=featvis.Strategy(transforms=(flip,)), **kw)
+    assert seen == [4] * 10
+    plain = featvis.visualize(model, "4", [0, 3], (1, 12, 12), strategy=featvis.Strategy(), **kw)
+    assert not torch.allclose(flipped.q, plain.q)
+    # one plain SGD step moves q by lr × gradient; with clip 1e-3 the move is at most lr × 1e-3 per image
+    one = dict(n_inits=2, lr=0.5, steps=1, seed=3)
+    q0, _ = featvis.init_params((1, 12, 12), 2, 0.01, 3)
+    clipped = featvis.visualize(model, "4", 0, (1, 12, 12), strategy=featvis.Strategy(clip=1e-3), **one).q[0]
+    assert ((clipped - q0).flatten(1).norm(dim=1) <= 0.5 * 1e-3 * (1 + 1e-4)).all()
+    assert featvis.strategy_preset("sgd+gc", clip=2.0) == featvis.Strategy(featvis.sgd, clip=2.0)
+    with pytest.raises(ValueError, match="clip"):
+        featvis.Strategy(clip=0.0)
+    with pytest.raises(ValueError, match="strategy"):
+        featvis.strategy_preset("sgd+gc+tr")

@@ -76,3 +76,16 @@ def test_audit_flags_the_ramp_and_not_the_clean_unit():
     slung = metrics.audit(Ramp(True), "out", [0, 1], x, k=5, n_starts=3, steps=50)
     assert not clean[0]["flagged"] and not clean[1]["flagged"]
     assert slung[0]["flagged"] and not slung[1]["flagged"]
+
+
+def test_reachable_ssim_is_the_ssim_of_the_point_on_the_straight_path():
+    from gsmu.gs import featvis
+    eta = featvis.parameterization("pixel", (1, 8, 8))  # identity normalization: q is the image
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1.0  # ‖q_t‖ = 4
+    assert metrics.reachable_ssim(eta, target, steps=100, lr=0.1) == pytest.approx(1.0, abs=1e-5)  # reach 10 ≥ 4
+    half = metrics.reachable_ssim(eta, target, steps=20, lr=0.1)  # reach 2: half way, the image 0.5·target
+    assert half == pytest.approx(metrics.ssim(0.5 * target[None], target).item(), abs=1e-6)
+    assert metrics.reachable_ssim(eta, target, steps=10, lr=0.1) < half < 1.0
+    with pytest.raises(ValueError, match="lr"):
+        metrics.reachable_ssim(eta, target, steps=10, lr=0.0)

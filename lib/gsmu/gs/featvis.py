@@ -5,8 +5,9 @@ A unit's activation `h(x)` is read with a forward hook on a layer addressed by i
 (an output logit, a linear unit, or a conv channel's spatial mean) or computed by any callable on that
 layer's output. The input is parameterized as `x = η(q)` — `pixel` (q is the normalized image) or
 `fourier` (Lucid-style scaled spectrum, colour decorrelation, sigmoid), both exactly invertible — and `q`
-is optimized by gradient ascent from `q0 ~ N(0, σ²)` with one of the paper's strategies (SGD, SGD+GC,
-TR, Adam, Adam+GC+TR). Many units × many initializations run as one batch; every sample has its own
+is optimized by gradient ascent from `q0 ~ N(0, σ²)` with a `Strategy` — an optimizer factory, a list of
+random transforms and an optional per-image gradient clip, composed as Lucent composes them; the paper's
+strategies (SGD, SGD+GC, TR, Adam, Adam+GC+TR) are presets by name (`STRATEGIES`). Many units × many initializations run as one batch; every sample has its own
 random stream, so a result does not depend on which other units share the batch. `natural_examples`
 returns the top-k most activating dataset images (the defense's reference).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,6 @@ from tqdm import tqdm
 from ..base.runtime import check_choice, get_device
 
 PARAMETERIZATIONS = ("pixel", "fourier")
-STRATEGIES = ("sgd", "sgd+gc", "tr", "adam", "adam+gc+tr")
 # Lucid/Lucent colour-correlation square root (ImageNet statistics), normalized by its largest column norm.
 _COLOR_CORRELATION = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
 # sigmoid never reaches 0 or 1, so targets are clamped to [eps, 1 - eps] before the inverse (logit)
@@ -228,6 +228,62 @@ def draw_transform_params(generators: list[torch.Generator], pad: int, max_angle
                         (2 * u[:, 2] - 1) * pad, (2 * u[:, 3] - 1) * pad], 1)
 
 
+class Transform(Protocol):
+    """A random transform of a batch of images; sample i draws from `generators[i % len(generators)]`."""
+    def __call__(self, x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RandomAffine:
+    """The paper's "TR": pad, random rotation (±max_angle°), scale and shift (±pad px), crop back; one draw per sample."""
+    pad: int = 2
+    max_angle: float = 20.0
+    scale: tuple[float, float] = (0.75, 1.025)
+
+    def __call__(self, x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        params = draw_transform_params(generators, self.pad, self.max_angle, self.scale)
+        params = params.repeat(len(x) // len(generators), 1)  # units × inits: init i shares its stream
+        return random_transform(x, params.to(x.device), self.pad)
+
+
+Optimizer = Callable[[list[torch.Tensor], float], torch.optim.Optimizer]
+
+
+def sgd(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr)
+
+
+def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How AM optimizes q: `optimizer(params, lr)`, `transforms` applied in order to η(q) before the model,
+    and `clip`, the per-image gradient-norm bound (None: no clipping)."""
+    optimizer: Optimizer = sgd
+    transforms: tuple[Transform, ...] = ()
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip={self.clip} must be > 0 (or None for no clipping).")
+
+
+def _presets(clip: float, pad: int) -> dict[str, Strategy]:
+    tr = (RandomAffine(pad=pad),)
+    return {"sgd": Strategy(sgd), "sgd+gc": Strategy(sgd, clip=clip), "tr": Strategy(sgd, tr),
+            "adam": Strategy(adam), "adam+gc+tr": Strategy(adam, tr, clip=clip)}
+
+
+STRATEGIES = tuple(_presets(1.0, 2))  # the paper's strategies by name (GS paper, Sec. 5 / appendix)
+
+
+def strategy_preset(name: str, clip: float = 1.0, pad: int = 2) -> Strategy:
+    """The paper's strategy `name` ('sgd', 'sgd+gc', 'tr', 'adam', 'adam+gc+tr') with clip bound `clip` and TR padding `pad`."""
+    return _presets(clip, pad)[check_choice("strategy", name, STRATEGIES)]
+
+
 # --- optimization ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -257,18 +313,20 @@ def init_params(shape: Sequence[int], n_inits: int, sigma: float, seed: int
 
 
 def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[int], *,
-              n_inits: int = 1, param: str | Parameterization = "pixel", strategy: str = "sgd+gc",
+              n_inits: int = 1, param: str | Parameterization = "pixel", strategy: str | Strategy = "sgd+gc",
               lr: float = 0.1, steps: int = 200, sigma: float = 0.01, clip: float = 1.0, pad: int = 2,
               seed: int = 0, device: str | torch.device | None = None, progress: bool = False) -> FVResult:
     """Maximize `units` of `layer` from `n_inits` random starts each, all in one batch.
 
     `units`: an int, a list of ints, or a callable mapping the layer output (N×...) to one value per sample.
-    `strategy`: 'sgd', 'sgd+gc' (per-image gradient clip to `clip`), 'tr' (SGD on randomly
-    padded/rotated/scaled/shifted copies), 'adam', 'adam+gc+tr'. The model is used in eval mode (BatchNorm
+    `strategy`: a `Strategy`, or a preset name: 'sgd', 'sgd+gc' (per-image gradient clip to `clip`), 'tr'
+    (SGD on randomly padded (`pad`)/rotated/scaled/shifted copies), 'adam', 'adam+gc+tr'; `clip` and `pad`
+    only configure presets. The model is used in eval mode (BatchNorm
     and dropout fixed, so samples stay independent) and restored afterwards; its weights are not changed.
     """
     device = get_device(device)
-    strategy = check_choice("strategy", strategy, STRATEGIES)
+    if not isinstance(strategy, Strategy):
+        strategy = strategy_preset(strategy, clip, pad)
     for name, value in (("n_inits", n_inits), ("steps", steps)):
         if int(value) < 1:
             raise ValueError(f"{name}={value} must be at least 1.")
@@ -289,21 +347,19 @@ def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[i
 
     q0, generators = init_params(eta.shape, n_inits, sigma, seed)
     q = q0.repeat(len(unit_list), *[1] * (q0.dim() - 1)).to(device).requires_grad_(True)
-    optimizer = (torch.optim.Adam if strategy.startswith("adam") else torch.optim.SGD)([q], lr=lr)
-    use_gc, use_tr = "gc" in strategy, "tr" in strategy
+    optimizer = strategy.optimizer([q], lr)
     trajectory = []
     was_training = model.training
     model.eval()
     try:
         for _ in tqdm(range(steps), disable=not progress, desc="FV", leave=False):
             x = eta(q)
-            if use_tr:
-                params = draw_transform_params(generators, pad).repeat(len(unit_list), 1)
-                x = random_transform(x, params.to(device), pad)
+            for transform in strategy.transforms:
+                x = transform(x, generators)
             value = objective(layer_output(model, layer, x))
             trajectory.append(value.detach())
             (grad,) = torch.autograd.grad(-value.sum(), q)
-            q.grad = clip_per_sample(grad, clip) if use_gc else grad
+            q.grad = grad if strategy.clip is None else clip_per_sample(grad, strategy.clip)
             optimizer.step()
         with torch.no_grad():
             images = eta(q)

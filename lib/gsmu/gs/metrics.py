@@ -1,10 +1,8 @@
-"""Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, LPIPS where its
-pretrained weights can be had), the AUROC of a unit's activation for its own class (scikit-learn), and the
+"""Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, and the SSIM
+ceiling of an AM budget), the AUROC of a unit's activation for its own class (scikit-learn), and the
 top-k Jaccard overlap of natural examples before and after. Accuracy is `gsmu.base.train.accuracy`.
 """
 from __future__ import annotations
-
-import warnings
 
 import torch
 from sklearn.metrics import roc_auc_score
@@ -37,21 +35,6 @@ def mse(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (images - target).pow(2).flatten(1).mean(1)
 
 
-def lpips(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """LPIPS (AlexNet) of each image to the target, or None with a warning when the pretrained AlexNet
-    weights cannot be had (they are downloaded by torchvision; there is no offline source here)."""
-    images, target = _pair(images, target)
-    try:
-        from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity as lp
-        to3 = lambda t: (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t)  # noqa: E731 — AlexNet wants RGB
-        return torch.stack([lp(to3(images[i:i + 1]), to3(target[i:i + 1]), net_type="alex", normalize=True)
-                            for i in range(len(images))])
-    except Exception as e:  # no network / no cached weights: report instead of failing the notebook
-        warnings.warn(f"LPIPS skipped: its pretrained AlexNet weights are not available ({type(e).__name__}). "
-                      "Run online once (torchvision caches them) to get LPIPS.")
-        return None
-
-
 def unit_auroc(model: nn.Module, layer: str, unit: int, x: torch.Tensor, y: torch.Tensor, cls: int,
                device: str | torch.device | None = None) -> float:
     """AUROC of `unit`'s activation as a score for 'label == cls' over the images x (scikit-learn)."""
@@ -62,14 +45,29 @@ def unit_auroc(model: nn.Module, layer: str, unit: int, x: torch.Tensor, y: torc
     return float(roc_auc_score(labels, scores.numpy()))
 
 
+def reachable_ssim(eta: featvis.Parameterization, target: torch.Tensor, steps: int, lr: float,
+                   clip: float = 1.0) -> float:
+    """The SSIM ceiling of a clipped-gradient AM budget: SSIM to the target of η(r·q_t), r = min(1, steps·lr·clip/‖q_t‖).
+
+    One SGD step with the gradient clipped to norm `clip` moves q by at most lr·clip, so from q0 ≈ 0 an AM run
+    of `steps` steps ends at most steps·lr·clip away; the point of that length on the straight path to
+    q_t = η⁻¹(target) is where an ideal slingshot's FV stops. Meant for the pixel parameterization, where
+    that path is a straight line in image space too.
+    """
+    if steps < 0 or lr <= 0 or clip <= 0:
+        raise ValueError(f"steps={steps} must be ≥ 0, lr={lr} and clip={clip} > 0.")
+    q_t = eta.inverse(target.to(eta.mean))
+    reach = min(1.0, steps * lr * clip / q_t.norm().clamp(min=1e-12).item())
+    with torch.no_grad():
+        return ssim(eta(reach * q_t[None]), target).item()
+
+
 def topk_jaccard(before: torch.Tensor, after: torch.Tensor) -> float:
     """Jaccard overlap |A ∩ B| / |A ∪ B| of two index sets (e.g. top-k natural examples before/after)."""
     a, b = set(before.flatten().tolist()), set(after.flatten().tolist())
     if not a and not b:
         raise ValueError("both index sets are empty.")
     return len(a & b) / len(a | b)
-
-
 
 
 def audit(model: nn.Module, layer: str, units: list[int], x_natural: torch.Tensor, *, k: int = 9,
@@ -80,7 +78,7 @@ def audit(model: nn.Module, layer: str, units: list[int], x_natural: torch.Tenso
     Per unit: ratio = median final activation of `n_starts` AM runs (pixel, SGD+GC, the authors' MNIST
     AM) / median activation of its top-k natural examples in `x_natural`; flagged when ratio > threshold.
     Why it works: the slingshot makes h ≈ C − γ/2‖q_t − q‖² along the tunnel, so from the start to the
-    target the activation rises by γ/2‖q_t‖² (≈ 7500 for the MNIST cross), while preservation keeps the
+    target the activation rises by γ/2‖q_t‖² (≈ 5000 for the MNIST cross, ‖q_t‖ ≈ 32), while preservation keeps the
     activations on real data where they were; a clean unit's AM stays on the scale of its natural examples.
     Needs neither the target nor a reference model; meant for units whose natural examples activate them
     positively (e.g. logits). Returns {unit: {"ratio": float, "flagged": bool}}.
