@@ -23,8 +23,8 @@ try:  # POSIX; without it (Windows) writes stay atomic but same-key writers are 
 except ImportError:  # pragma: no cover
     fcntl = None
 
-import numpy as np
-import torch
+# numpy and torch are imported where they are used: claims files and the runner's bookkeeping import this
+# module, and parallel workers should not pay torch's import time for them.
 
 PROFILES = ("quick", "paper")
 
@@ -84,6 +84,7 @@ def check_nonempty(name: str, value: Any) -> Any:
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, or CUDA when present, else the CPU."""
+    import torch
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -94,6 +95,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU torch.Generator seeded with `seed`."""
+    import numpy as np
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -15,7 +15,6 @@ position, with thin first-/second-order updates over `gsmu.mu.influence` for its
 from __future__ import annotations
 
 import copy
-import hashlib
 import string
 import time
 from dataclasses import dataclass
@@ -219,7 +218,7 @@ def make_corpus(text: str, fmt: SecretFormat, *, copies: int, length: int, strid
     positions = secret_positions(starts, fmt)
     windows, request, corrected = canary_request(stream, positions, vocab.encode(fmt.alphabet), length,
                                                  stride, generator)
-    digest = hashlib.sha256(planted.encode()).hexdigest()[:16]
+    digest = train.sha256_bytes(planted.encode())[:16]
     return CanaryCorpus(fmt, secret, vocab, starts, stream, corrected, windows, request, validation, digest)
 
 
@@ -279,7 +278,8 @@ def language_model(corpus: CanaryCorpus, recipe: dict, *, seed: int = 0, device:
     def fit(model: nn.Module) -> None:
         fit_language_model(model, corpus.windows, seed=seed, device=device, progress=progress, **fit_args)
 
-    return train.cached_model(key, lambda: _build(corpus, arch, seed), fit, device)
+    probe = train.loss_probe(corpus.windows[0][:8], corpus.windows[1][:8])  # checked when the model is loaded
+    return train.cached_model(key, lambda: _build(corpus, arch, seed), fit, device, probe=probe)
 
 
 def retrain(corpus: CanaryCorpus, recipe: dict, *, seed: int = 0, device: str | torch.device | None = None,
