@@ -13,7 +13,6 @@ FV run measures the SSIM to the target and the best checkpoint by that SSIM is k
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -187,11 +186,7 @@ def manipulate(original: nn.Module, target: torch.Tensor, x_data: torch.Tensor, 
 
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 of a model's parameters and buffers (names, shapes and values), to name it in cache keys."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return train.state_digest(model.state_dict())
 
 
 def cached_manipulation(original: nn.Module, target_name: str, target: torch.Tensor, x_data: torch.Tensor,
@@ -203,14 +198,14 @@ def cached_manipulation(original: nn.Module, target_name: str, target: torch.Ten
     data's name and size and every setting, so notebooks share a manipulated model exactly when all of these agree.
     """
     key = {"name": "slingshot", "original": weights_digest(original), "target": target_name,
-           "target_sha256": hashlib.sha256(target.detach().cpu().float().numpy().tobytes()).hexdigest(),
+           "target_sha256": train.sha256_bytes(target.detach().cpu().float().numpy().tobytes()),
            "data": data_key, "n_data": len(x_data), **asdict(settings)}
     log_path = cache_dir("checkpoints") / f"slingshot-{train.cache_key_digest(key)[:16]}.log.json"
     logs: list[Log] = []
 
     def fit(model: nn.Module) -> None:
         logs.append(fine_tune(model, original, target, x_data, settings, device, progress))
-        log_path.write_text(json.dumps(asdict(logs[0])))
+        train.atomic_write(log_path, json.dumps(asdict(logs[0])))
 
     model = train.cached_model(key, lambda: copy.deepcopy(original), fit, device)
     if logs:

@@ -12,7 +12,6 @@ iterative, fine-tuning, SISA, retraining) and scores it by test accuracy, *perce
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -80,11 +79,7 @@ def build_model(dataset: str) -> nn.Module:
 
 def data_digest(x: Tensor, y: Tensor) -> str:
     """SHA-256 of the bytes of a data set — names exactly what a cached model was trained on."""
-    digest = hashlib.sha256()
-    for t in (x, y):
-        digest.update(str((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return train.tensor_digest(x, y)
 
 
 def train_cnn(dataset: str, x: Tensor, y: Tensor, *, recipe: dict, seed: int,
@@ -100,7 +95,7 @@ def train_cnn(dataset: str, x: Tensor, y: Tensor, *, recipe: dict, seed: int,
     def fit(model: nn.Module) -> None:
         train.fit_classifier(model, x, y, seed=seed, device=device, progress=progress, **recipe)
 
-    return train.cached_model(key, build, fit, device)
+    return train.cached_model(key, build, fit, device, probe=train.loss_probe(x[:64], y[:64]))
 
 
 @dataclass
