@@ -97,3 +97,24 @@ def test_target_of_wrong_size_or_channels(shape):
     settings = slingshot.Settings(layer="5", unit=0)
     with pytest.raises(ValueError, match="target image"):
         slingshot.manipulate(tiny_cnn(), torch.zeros(*shape), torch.rand(4, 1, 8, 8), settings, progress=False)
+
+
+def test_notebooks_02_to_04_share_one_fine_tuning_budget():
+    """02 passes every loss setting, 03 its α, 04 none: the same Settings (the same cache key) for α 0.8."""
+    from dataclasses import asdict
+    from gsmu.gs import profiles
+    n02 = profiles.slingshot_settings("quick", unit=0, alpha=0.8, w=0.0, gamma=10.0, sigma=0.1, seed=1)
+    n03 = profiles.slingshot_settings("quick", unit=0, seed=1, alpha=0.8)
+    n04 = profiles.slingshot_settings("quick", unit=0, seed=1)
+    assert asdict(n02) == asdict(n03) == asdict(n04)
+    budget = profiles.FineTuning.for_profile("quick")
+    assert (n04.lr, n04.steps, n04.check_every) == (budget.lr, budget.steps, budget.check_every)
+    paper = profiles.slingshot_settings("paper")
+    assert (paper.lr, paper.steps) == (1e-3, 30 * profiles.PAPER_EPOCH)  # the authors' 30 epochs at lr 1e-3
+    assert set(profiles.NOTEBOOKS) == {"00_models", "01_feature_visualization", "02_slingshot_manipulation",
+                                       "03_slingshot_alpha", "04_slingshot_defense"}
+    assert all(cls.grid(p)["seed"] == [0, 1, 2] for cls in profiles.NOTEBOOKS.values() for p in ("quick", "paper"))
+    with pytest.raises(ValueError, match="n_fv"):
+        profiles.Manipulation.for_profile("quick", n_fv=3)
+    with pytest.raises(TypeError, match="alph"):
+        profiles.slingshot_settings("quick", alph=0.5)
