@@ -448,3 +448,17 @@ def test_digest_helpers_agree_with_hashlib(tmp_path):
     assert runtime.tensor_digest(t) != runtime.tensor_digest(t.reshape(3, 2)), "the shape is part of the digest"
     assert runtime.tensor_digest(t) != runtime.tensor_digest(t.double())
     assert runtime.state_digest({"a": t, "b": t}) == runtime.state_digest({"b": t, "a": t})
+
+
+def test_data_entry_points_check_their_arguments(tmp_path):
+    from gsmu.base import data
+    with pytest.raises(ValueError, match=r"size=\(28.5, 28\) must be \(height, width\): two integers"):
+        data.target_image("cross", (28.5, 28))
+    with pytest.raises(ValueError, match=r"size=\(28,\) must be"):
+        data.target_image("cross", (28,))
+    with pytest.raises(ValueError, match="thickness=0 must be at least 1"):
+        data.cross_image((28, 28), thickness=0)
+    with pytest.raises(ValueError, match="n_features=0 must be at least 1"):
+        data.load_svmlight(tmp_path / "missing.svm", n_features=0)
+    with pytest.raises(ValueError, match="file='nope.txt' is not one of"):
+        data.fetch("nope.txt")

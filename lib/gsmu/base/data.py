@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .runtime import atomic_write, cache_dir, check_choice, file_lock, sha256_file, stale_temporaries
+from .runtime import atomic_write, cache_dir, check_choice, check_int, file_lock, sha256_file, stale_temporaries
 
 
 class DataError(RuntimeError):
@@ -231,9 +231,18 @@ def load_cifar10(split: str, root: Path | None = None) -> tuple[torch.Tensor, to
     return x, torch.tensor(ds.targets, dtype=torch.long)
 
 
+def _check_size(size) -> tuple[int, int]:
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 4 for v in size):
+        raise ValueError(f"size={size!r} must be (height, width): two integers, both at least 4.")
+    return int(size[0]), int(size[1])
+
+
 def cross_image(size: tuple[int, int] = (28, 28), thickness: int = 3, margin: int = 4) -> torch.Tensor:
     """A white X on black (the Gradient Slingshots MNIST target), 1×H×W in [0, 1]."""
-    h, w = size
+    h, w = _check_size(size)
+    check_int("thickness", thickness, 1)
+    check_int("margin", margin, 0)
     rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                                 indexing="ij")
     u = (rows - margin) / max(h - 1 - 2 * margin, 1)
@@ -252,8 +261,7 @@ def target_image(name: str, size: tuple[int, int] = (28, 28), channels: int = 1)
     """
     check_choice("name", name, ("cross", "flower", "china"))
     check_choice("channels", channels, (1, 3))
-    if len(size) != 2 or min(size) < 4:
-        raise ValueError(f"size={size!r} must be (height, width) with both at least 4.")
+    size = _check_size(size)
     if name == "cross":
         img = cross_image(size)
         return img.expand(channels, *size).clone()
@@ -306,6 +314,8 @@ def load_alice() -> str:
 def load_svmlight(path: str | Path, n_features: int | None = None):
     """Any svmlight/libsvm file (bring Enron or Drebin this way): (X scipy.sparse CSR, y ndarray)."""
     from sklearn.datasets import load_svmlight_file
+    if n_features is not None:
+        check_int("n_features", n_features, 1)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"svmlight file {path} does not exist; pass the path of a libsvm-format file.")

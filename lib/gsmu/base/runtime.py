@@ -276,18 +276,29 @@ def file_lock(path: str | Path, shared: bool = False) -> Iterator[None]:
     or is killed, so a crashed writer never leaves the lock held. Where the file system has no locks
     (some network mounts) this warns once and goes on unlocked; writes stay atomic.
     """
-    global _LOCK_WARNED
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
+    name = path.with_name(path.name + ".lock")
+    try:
+        lock = open(name, "a")
+    except OSError as e:  # a read-only cache: nothing will be written there, reading needs no lock
+        _warn_unlocked(name, e)
+        yield
+        return
+    with lock:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             except OSError as e:
-                if not _LOCK_WARNED:
-                    warnings.warn(f"cannot lock {lock.name} ({e}); going on without a lock.")
-                    _LOCK_WARNED = True
+                _warn_unlocked(name, e)
         yield
+
+
+def _warn_unlocked(name: Path, error: OSError) -> None:
+    global _LOCK_WARNED
+    if not _LOCK_WARNED:
+        warnings.warn(f"cannot lock {name} ({error}); going on without a lock.")
+        _LOCK_WARNED = True
 
 
 def stale_temporaries(path: str | Path) -> list[Path]:

@@ -127,6 +127,15 @@ def _load(path: Path, model: nn.Module, probe: Callable[[nn.Module], float] | No
     return model
 
 
+def _clear_stale(*paths: Path) -> None:
+    """Delete the temporary files of writers that were killed (call under the key's lock: writers hold it)."""
+    for tmp in [t for p in paths for t in stale_temporaries(p)]:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only cache
+            pass
+
+
 def cached_model(key: dict, build: Callable[[], nn.Module], fit: Callable[[nn.Module], Any],
                  device: str | torch.device | None = None, *,
                  probe: Callable[[nn.Module], float] | None = None) -> nn.Module:
@@ -142,8 +151,7 @@ def cached_model(key: dict, build: Callable[[], nn.Module], fit: Callable[[nn.Mo
     path = checkpoint_path(key)
     sidecar = path.with_suffix(".sha256")
     with file_lock(path):
-        for tmp in stale_temporaries(path) + stale_temporaries(sidecar):
-            tmp.unlink(missing_ok=True)  # left by a writer that was killed (writers hold this lock)
+        _clear_stale(path, sidecar)
         if path.exists():
             try:
                 return _load(path, build().to(device), probe)
