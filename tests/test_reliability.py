@@ -243,6 +243,10 @@ def test_checkpoint_without_probe_line_or_checksum(tmp_cache):
     with pytest.warns(UserWarning, match="no checksum file"):
         train.cached_model(key, build, fit, probe=probe)
     assert len(fits) == 2
+    sidecar.write_text(sidecar.read_text().split()[0] + "\nprobe_loss garbage\n")
+    with pytest.warns(UserWarning, match="unreadable checksum file"):
+        train.cached_model(key, build, fit, probe=probe)
+    assert len(fits) == 3
 
 
 def test_training_to_nan_is_an_error_and_caches_nothing(tmp_cache):

@@ -2,7 +2,14 @@
 
 Nothing here is paper-specific. Paths: the data and checkpoint caches live under `$REPRO_CACHE` (default
 `<checkout>/.cache`, or `~/.cache/gs-mu-repro` for an installed copy); results of a notebook run go to
-`$REPRO_RESULTS` (set by `run_all.sh` to `results/<profile>/`; default `results/interactive/`).
+`$REPRO_RESULTS` (set by `run_all.sh` to `results/<profile>/`; default `results/interactive/`); either set
+but empty, or naming a file, is an error rather than the current folder.
+
+Also the one home of the SHA-256 helpers (`sha256_bytes`, `sha256_file`, `tensor_digest`, `state_digest`),
+of atomic writes (`atomic_write`: unique temporary file + `os.replace`) and of per-file locks (`file_lock`,
+`fcntl.flock` on `<path>.lock`) that the data cache, the checkpoint cache (`gsmu.base.train`) and the
+experiments' cache keys use; and of the argument checks (`check_int`, `check_positive`, `check_nonempty`,
+`check_choice`, `check_range`) that guard the library's public entry points.
 """
 from __future__ import annotations
 

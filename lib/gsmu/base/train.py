@@ -91,13 +91,15 @@ class _Rejected(Exception):
 def _read_sidecar(sidecar: Path) -> tuple[str, float | None]:
     if not sidecar.exists():
         raise _Rejected("no checksum file")
-    lines = sidecar.read_text().split("\n")
-    digest = lines[0].strip()
-    probe = None
-    for line in lines[1:]:
-        if line.startswith("probe_loss "):
-            probe = float(line.split()[1])
-    return digest, probe
+    try:
+        lines = sidecar.read_text().split("\n")
+        probe = None
+        for line in lines[1:]:
+            if line.startswith("probe_loss "):
+                probe = float(line.split()[1])
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as e:
+        raise _Rejected(f"unreadable checksum file: {e}") from e
+    return lines[0].strip(), probe
 
 
 def _load(path: Path, model: nn.Module, probe: Callable[[nn.Module], float] | None) -> nn.Module:
