@@ -466,3 +466,22 @@ def test_data_entry_points_check_their_arguments(tmp_path):
         data.load_svmlight(tmp_path / "missing.svm", n_features=0)
     with pytest.raises(ValueError, match="file='nope.txt' is not one of"):
         data.fetch("nope.txt")
+
+
+def _params(**values):
+    return {"__annotations__": {"profile": str, "seed": int, "alpha": float, "layers": list[str]},
+            "profile": "quick", "seed": 0, "alpha": 0.5, "layers": ["a"], **values}
+
+
+@pytest.mark.parametrize("values, kwargs, error, match", [
+    ({"alpha": float("nan")}, {}, ValueError, "alpha=nan must be a finite number"),
+    ({"alpha": float("inf")}, {}, ValueError, "alpha=inf must be a finite number"),
+    ({"profle": "paper"}, {}, NameError, "'profle' is not a parameter.*Did you mean 'profile'"),
+    ({}, {"ranges": {"aplha": (0, 1)}}, NameError, "asked to check 'aplha'"),
+    ({}, {"nonempty": ["layer"]}, NameError, "asked to check 'layer'"),
+    ({"layers": []}, {"nonempty": ["layers"]}, ValueError, "layers must not be empty"),
+])
+def test_check_parameters_leaves_nothing_silent(values, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        runtime.check_parameters(_params(**values), **kwargs)
+    runtime.check_parameters(_params(), ranges={"alpha": (0, 1)}, nonempty=["layers"])  # the valid case passes

@@ -213,11 +213,22 @@ def check_parameters(namespace: dict, *, ranges: dict[str, tuple[float, float]] 
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise NameError(f"parameter {bad!r} is not a parameter of this notebook.{hint} "
                         f"Its parameters: {', '.join(declared)}.")
+    named = [*(ranges or {}), *(choices or {}), *nonempty]
+    undeclared = [n for n in named if n not in declared]
+    if undeclared:  # a typo in the notebook's own call would silently skip that check
+        raise NameError(f"check_parameters was asked to check {undeclared[0]!r}, which the parameters cell does "
+                        f"not declare. Its parameters: {', '.join(declared)}.")
     for name, annotation in declared.items():
+        if name not in namespace:
+            raise NameError(f"parameter {name!r} is declared without a value; give it a default in the "
+                            f"parameters cell.")
         value = namespace[name]
         if not _type_ok(value, annotation):
             shown = getattr(annotation, "__name__", str(annotation))
             raise TypeError(f"parameter {name}={value!r} must be of type {shown}, not {type(value).__name__}.")
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"parameter {name}={value!r} must be a finite number, not {v!r}.")
     checks = {"profile": PROFILES, **(choices or {})}
     for name, allowed in checks.items():
         if name in declared:
