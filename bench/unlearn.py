@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from gsmu.base import data, models
 from gsmu.mu import unlearn
-from gsmu.mu.influence import (Curvature, Objective, ParamSpace, binary_cross_entropy_sum, conjugate_gradient,
-                           cross_entropy_sum, gradient_difference, gradient_residual, lissa, top_eigenvalue)
+from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, binary_cross_entropy_sum,
+                               cross_entropy_sum, gradient_difference, gradient_residual, top_eigenvalue)
 
 
 def best_time(fn, repeat: int) -> float:
@@ -54,7 +54,7 @@ def spambase_problem() -> dict:
     unlearn.fit_lbfgs(model, objective, (x, y))
     request = unlearn.remove_features(x, y, [names.index(w) for w in data.DONOR_FEATURES])
     return dict(name="Spambase LR (58 params)", model=model, objective=objective, data=(x, y), request=request,
-                mean_loss=lambda o, t: F.binary_cross_entropy_with_logits(o, t.to(o.dtype)), solver="exact")
+                mean_loss=lambda o, t: F.binary_cross_entropy_with_logits(o, t.to(o.dtype)), solver=Exact())
 
 
 def mnist_problem(rows: int) -> dict:
@@ -70,14 +70,14 @@ def mnist_problem(rows: int) -> dict:
     holding = (x[:, block] != 0).any(1).nonzero().reshape(-1)
     request = unlearn.remove_features(x, y, block, rows=holding[:100])
     return dict(name=f"MNIST multinomial LR (7850 params, {rows} images)", model=model, objective=objective,
-                data=(x, y), request=request, mean_loss=F.cross_entropy, solver="cg")
+                data=(x, y), request=request, mean_loss=F.cross_entropy, solver=CG(tol=1e-5, max_iter=500))
 
 
 def update_vs_retrain(p: dict, repeat: int) -> None:
     corrected = unlearn.apply_request(p["data"], p["request"])
-    kw = dict(solver=p["solver"], tol=1e-5, max_iter=500, batch_size=10_000)
-    runs = {f"second-order, {h} H": lambda h=h: unlearn.second_order(p["model"], p["objective"], p["request"],
-                                                                     p["data"], hessian=h, **kw)
+    runs = {f"second-order, {h} H": lambda h=h: unlearn.second_order(
+                p["model"], p["objective"], p["request"], p["data"], solver=p["solver"],
+                settings=unlearn.SecondOrder(hessian=h), batch_size=10_000)
             for h in unlearn.HESSIANS}
     runs.update({
         "retraining, warm L-BFGS": lambda: unlearn.retrain(p["model"], p["objective"], corrected, tol=1e-6),
@@ -88,10 +88,11 @@ def update_vs_retrain(p: dict, repeat: int) -> None:
     seconds, evals = {}, {}
     for name, fn in runs.items():
         seconds[name] = best_time(fn, repeat)
-        model, record = fn()
-        evals[name] = record["grad_evals"]
+        model, result = fn()
+        evals[name] = result.grad_evals
+        solve = f"  ({result.hvps} HVPs, solver residual {result.residual:.1e})" if result.solves else ""
         print(f"  {name:24s} {seconds[name]:7.3f} s  {evals[name]:9.3g} gradient evaluations  "
-              f"residual {gradient_residual(model, p['objective'], corrected):.3g}")
+              f"residual {gradient_residual(model, p['objective'], corrected):.3g}{solve}")
     second = next(iter(runs))
     for name in list(runs)[2:]:
         print(f"  speed-up {name} / second-order: {seconds[name] / seconds[second]:.1f}x time, "
@@ -122,8 +123,8 @@ def solvers(p: dict, tol: float, lissa_iters: int) -> None:
 
     scale = 1.1 * top_eigenvalue(h, space.dim, iterations=100, generator=torch.Generator().manual_seed(0),
                                  dtype=b.dtype)
-    runs = {"ours CG": lambda: conjugate_gradient(h, b, tol=tol, max_iter=5000)[0],
-            "ours LiSSA": lambda: lissa(h, b, scale=scale, iterations=lissa_iters, tol=1e-12)[0]}
+    runs = {"ours CG": lambda: CG(tol=tol, max_iter=5000).solve(h, b)[0],
+            "ours LiSSA": lambda: LiSSA(scale=scale, max_iter=lissa_iters, tol=1e-12).solve(h, b)[0]}
     try:
         # pydvl's CG stops when ‖r‖ < max(rtol²·|b₀|, atol²) (its own criterion); atol set for ‖r‖/‖b‖ = tol.
         atol = float(tol * b.norm() / len(x)) ** 0.5

@@ -4,8 +4,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gsmu.mu.influence import (Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference,
-                           gradient_residual, lissa, loss_gradient, solve_exact, top_eigenvalue)
+from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, SolveStats, conjugate_gradient,
+                               get_solver, gradient_difference, gradient_residual, lissa, loss_gradient, solve_exact,
+                               top_eigenvalue)
 
 
 @pytest.fixture
@@ -192,3 +193,144 @@ def test_lstm_products_on_cuda_match_cpu():
     model.cpu()
     cpu_grad = gradient_difference(model, objective, space, (tokens, targets), (tokens, targets.roll(1, 1)))
     torch.testing.assert_close(gpu_grad.cpu(), cpu_grad)
+
+
+# ---- solver objects --------------------------------------------------------------------------------------
+
+def _spd(n=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return a @ a.T / n + 0.3 * torch.eye(n, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64)
+
+
+SOLVER_OBJECTS = [Exact(damping=0.2), CG(damping=0.2, tol=1e-12, max_iter=200),
+                  LiSSA(damping=0.2, max_iter=20000, tol=1e-15, power_iterations=300)]
+
+
+@pytest.mark.parametrize("solver", SOLVER_OBJECTS, ids=lambda s: s.name)
+@pytest.mark.parametrize("as_matrix", [True, False], ids=["matrix", "matvec"])
+def test_each_solver_matches_torch_linalg_solve(solver, as_matrix):
+    matrix, b = _spd()
+    expected = torch.linalg.solve(matrix + 0.2 * torch.eye(len(b), dtype=torch.float64), b)
+    h = matrix if as_matrix else (lambda v: matrix @ v)
+    x, stats = solver.solve(h, b)
+    torch.testing.assert_close(x, expected, rtol=1e-8, atol=1e-10)
+    assert stats.residual <= 1e-9 and stats.converged and stats.damping == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("solver", SOLVER_OBJECTS, ids=lambda s: s.name)
+def test_solve_stats_has_every_field_for_every_solver(solver):
+    matrix, b = _spd()
+    calls = [0]
+
+    def matvec(v):
+        calls[0] += 1
+        return matrix @ v
+
+    _, stats = solver.solve(matvec, b)
+    assert isinstance(stats, SolveStats) and stats.solver == solver.name
+    assert isinstance(stats.iterations, int) and stats.iterations >= 1
+    assert isinstance(stats.residual, float) and 0 <= stats.residual < 1e-8
+    assert stats.converged is True and stats.negative_curvature is False
+    assert stats.hvps == calls[0] >= 1  # every product with H counted (LiSSA: power iteration included)
+    assert stats.seconds >= 0 and stats.damping == pytest.approx(0.2)
+    # The residual reported is the true one of the damped system.
+    x, _ = solver.solve(matrix, b)
+    true = float((b - matrix @ x - 0.2 * x).norm() / b.norm())
+    assert true < 1e-8
+    assert set(stats.as_dict()) >= {"solver", "iterations", "residual", "converged", "negative_curvature",
+                                    "effective_damping", "hvps", "seconds"}
+
+
+def test_solvers_on_a_curvature_agree_and_count_hvps(problem):
+    model, x, y = problem
+    objective, space = Objective(l2=0.3), ParamSpace(model)
+    h = Curvature(model, objective, space, (x, y), kind="gauss-newton")
+    b = torch.randn(space.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact, e_stats = Exact().solve(h, b)
+    assert e_stats.hvps == space.dim  # the dense matrix: one product per column
+    cg, c_stats = CG(tol=1e-11, max_iter=500).solve(h, b)
+    torch.testing.assert_close(cg, exact, rtol=1e-7, atol=1e-9)
+    assert c_stats.hvps == c_stats.iterations
+
+
+def test_lissa_damping_is_effective_and_recursion_damping_is_the_authors():
+    matrix, b = _spd(10, seed=1)
+    scale = 1.2 * float(torch.linalg.eigvalsh(matrix).max())
+    absolute, stats = LiSSA(damping=0.5, scale=scale, max_iter=20000, tol=1e-15).solve(matrix, b)
+    authors, stats_d = LiSSA(recursion_damping=0.5 / scale, scale=scale, max_iter=20000, tol=1e-15).solve(matrix, b)
+    torch.testing.assert_close(absolute, authors)
+    assert stats.damping == pytest.approx(0.5) and stats_d.damping == pytest.approx(0.5) and stats.scale == scale
+
+
+def test_function_api_is_the_solver_objects():
+    matrix, b = _spd()
+    x_obj, stats = CG(damping=0.1, tol=1e-10, max_iter=50).solve(lambda v: matrix @ v, b)
+    x_fun, info = conjugate_gradient(lambda v: matrix @ v, b, damping=0.1, tol=1e-10, max_iter=50)
+    assert torch.equal(x_obj, x_fun) and info["iterations"] == stats.iterations
+    x_l, info_l = lissa(lambda v: matrix @ v, b, damping=0.01, scale=10.0, iterations=50)
+    x_o, _ = LiSSA(recursion_damping=0.01, scale=10.0, max_iter=50).solve(lambda v: matrix @ v, b)
+    assert torch.equal(x_l, x_o) and info_l["effective_damping"] == pytest.approx(0.1)
+    assert torch.equal(solve_exact(matrix, b, 0.1)[0], Exact(0.1).solve(matrix, b)[0])
+
+
+def test_registry_maps_names_to_presets():
+    assert get_solver("cg") == CG() and get_solver("exact", damping=1.0) == Exact(1.0)
+    assert get_solver("lissa", max_iter=5).max_iter == 5
+    cg = CG(tol=1e-3)
+    assert get_solver(cg) is cg
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Exact(damping=-1.0), "damping"),
+    (lambda: CG(damping=-0.1), "damping"),
+    (lambda: CG(damping=float("nan")), "damping"),
+    (lambda: CG(tol=0.0), "tol"),
+    (lambda: CG(tol=-1e-3), "tol"),
+    (lambda: CG(max_iter=0), "max_iter"),
+    (lambda: CG(max_iter=2.5), "max_iter"),
+    (lambda: LiSSA(tol=0.0), "tol"),
+    (lambda: LiSSA(max_iter=0), "max_iter"),
+    (lambda: LiSSA(damping=-1.0), "damping"),
+    (lambda: LiSSA(scale=0.0), "scale"),
+    (lambda: LiSSA(recursion_damping=1.0), "recursion_damping"),
+    (lambda: LiSSA(damping=0.1, recursion_damping=0.1), "either damping"),
+    (lambda: get_solver("newton"), "solver='newton'"),
+    (lambda: get_solver("cg", lissa_scale=2.0), "no option"),
+    (lambda: get_solver(CG(), tol=1e-3), "solver object"),
+])
+def test_bad_solver_arguments_raise_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_solve_inputs_raise():
+    matrix, b = _spd(4)
+    with pytest.raises(ValueError, match="flat vector"):
+        CG().solve(matrix, b[:, None])
+    with pytest.raises(ValueError, match="square"):
+        Exact().solve(matrix[:3], b)
+    with pytest.raises(ValueError, match="damping/scale < 1"):
+        LiSSA(damping=100.0, scale=10.0).solve(matrix, b)
+
+
+def test_weighted_gradient_difference_with_removed_rows(problem):
+    model, x, y = problem
+    objective, space = Objective(), ParamSpace(model)
+    y2 = (y + 1) % 3
+    z, zt = (x[:6], y[:6]), (x[:6], y2[:6])
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0], dtype=torch.float64)
+    removed = torch.tensor([False, True, False, False, False, True])
+    expected = torch.zeros(space.dim, dtype=torch.float64)
+    for i in range(6):
+        expected -= w[i] * loss_gradient(model, objective, space, (x[i:i + 1], y[i:i + 1]))
+        if not removed[i]:
+            expected += w[i] * loss_gradient(model, objective, space, (x[i:i + 1], y2[i:i + 1]))
+    got = gradient_difference(model, objective, space, z, zt, batch_size=4, weights=w, removed=removed)
+    torch.testing.assert_close(got, expected)
+    only_removal = gradient_difference(model, objective, space, z, None)
+    torch.testing.assert_close(only_removal, -loss_gradient(model, objective, space, z))
+    uniform = gradient_difference(model, objective, space, z, zt, weights=torch.full((6,), 0.25))
+    torch.testing.assert_close(uniform, 0.25 * gradient_difference(model, objective, space, z, zt))
+    with pytest.raises(ValueError, match="weights has 2 entries"):
+        gradient_difference(model, objective, space, z, zt, weights=torch.ones(2))

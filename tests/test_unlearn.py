@@ -6,11 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from gsmu.mu.influence import Objective, binary_cross_entropy_sum, gradient_residual
-from gsmu.mu.unlearn import (Request, Sisa, apply_request, best_first_order, certified_run, certify_constant,
-                         certifying_sigma, compare_methods, example_losses, first_order, fix_labels, fit_lbfgs,
-                         fine_tune, is_certified, param_distance, perturbation, remove_features, replace_tokens,
-                         request_from_datasets, retrain, second_order, text_windows, zero_features)
+from gsmu.base import train
+from gsmu.mu.influence import CG, Exact, LiSSA, Objective, SolveStats, binary_cross_entropy_sum, gradient_residual
+from gsmu.mu.unlearn import (Request, SecondOrder, Sisa, UpdateResult, accuracy, apply_request, best_first_order,
+                             certified_run, certify_constant, certifying_sigma, compare_methods, concat,
+                             example_losses, first_order, first_order_sweep, fix_labels, fit_lbfgs, fine_tune,
+                             is_certified, param_distance, perturbation, relabel, remove_features, remove_rows,
+                             replace_tokens, request_from_datasets, retrain, second_order, text_windows,
+                             zero_features)
 
 
 def _mse_sum(out, target):
@@ -46,6 +49,7 @@ def _flat(model):
 
 def test_fit_lbfgs_reaches_the_closed_form(ridge):
     _, objective, x, y = ridge
+    torch.manual_seed(0)
     model = nn.Linear(6, 1).double()
     fit_lbfgs(model, objective, (x, y))
     np.testing.assert_allclose(_flat(model), _ridge_solution(x, y, 2.0), rtol=1e-7, atol=1e-9)
@@ -81,6 +85,7 @@ def logreg():
     y = (x @ torch.tensor([3.0, -2.0, 1.0, 0.5, -1.0], dtype=torch.float64) + 0.2 * torch.randn(
         200, generator=gen, dtype=torch.float64) > 0.3).long()
     objective = Objective(criterion=binary_cross_entropy_sum, l2=1.0)
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double()
     fit_lbfgs(model, objective, (x, y))
     return model, objective, x, y
@@ -284,3 +289,205 @@ def test_updates_on_cuda_match_cpu():
     gpu, _ = second_order(model.cuda(), Objective(l2=0.1), request, (x, y), **kw)
     assert next(gpu.parameters()).is_cuda
     np.testing.assert_allclose(_flat(gpu.cpu()), _flat(cpu), rtol=1e-8, atol=1e-10)
+
+
+# ---- solver objects, settings and records ----------------------------------------------------------------
+
+@pytest.mark.parametrize("obj, name, legacy", [
+    (Exact(), "exact", {}),
+    (Exact(damping=3.0), "exact", dict(damping=3.0, tol=1e-3)),  # tol never applied to the dense solve
+    (CG(tol=1e-12, max_iter=40), "cg", dict(tol=1e-12, max_iter=40)),
+    (CG(damping=0.5), "cg", dict(damping=0.5)),
+    (LiSSA(recursion_damping=0.01, scale=400.0, max_iter=300, tol=1e-12), "lissa",
+     dict(damping=0.01, lissa_scale=400.0, lissa_iterations=300, tol=1e-12)),
+    (LiSSA(max_iter=200), "lissa", dict(lissa_iterations=200)),
+])
+def test_second_order_with_a_solver_object_equals_the_string_path(logreg, obj, name, legacy):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[4, 17, 30], num_classes=2)
+    new, res = second_order(model, objective, request, (x, y), solver=obj, steps=2)
+    old, old_res = second_order(model, objective, request, (x, y), solver=name, steps=2, **legacy)
+    assert torch.equal(_t(new), _t(old))
+    assert [s.iterations for s in res.solves] == [s.iterations for s in old_res.solves]
+
+
+def _t(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_settings_object_equals_the_former_keywords(logreg):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[4, 17], num_classes=2)
+    settings = SecondOrder(hessian="corrected", curvature="gauss-newton", hessian_rows=150, step=0.5, seed=3)
+    a, _ = second_order(model, objective, request, (x, y), solver=CG(tol=1e-10), settings=settings)
+    b, _ = second_order(model, objective, request, (x, y), solver="cg", tol=1e-10, hessian="corrected",
+                        curvature="gauss-newton", hessian_rows=150, step=0.5, seed=3)
+    assert torch.equal(_t(a), _t(b))
+
+
+def test_update_result_fields_and_the_former_dict_keys(logreg):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[4, 17], num_classes=2)
+    _, res = second_order(model, objective, request, (x, y), solver=CG(tol=1e-10), steps=2)
+    assert isinstance(res, UpdateResult) and res.method == "second-order (original H)"
+    assert res.params == ("0.weight", "0.bias") and res.steps == 2 and len(res.solves) == 2
+    assert all(isinstance(s, SolveStats) for s in res.solves)
+    assert res.hvps == sum(s.hvps for s in res.solves) > 0
+    assert res.hvp_evals == res.hvps * len(x)  # each HVP touches every row once
+    assert res.grad_evals == 2 * len(request) + res.hvp_evals
+    assert res.residual == max(s.residual for s in res.solves) <= 1e-10 and res.converged
+    # Compatibility shim: the former dict keys.
+    assert res["seconds"] == res.seconds and res["grad_evals"] == res.grad_evals and res["steps"] == 2
+    assert res["solver"][0]["iterations"] == res.solves[0].iterations and "solver" in res
+    assert res.get("nope", 7) == 7
+    res["grad_evals"] += 5
+    assert res.grad_evals == 2 * len(request) + res.hvps * len(x) + 5
+    _, first = first_order(model, objective, request, tau=0.1)
+    assert first["tau"] == 0.1 and first.extra["tau"] == 0.1 and first.solves == [] and first.residual is None
+    with pytest.raises(KeyError, match="nope"):
+        first["nope"]
+
+
+# ---- requests: weights, repeated rows, removal -------------------------------------------------------------
+
+def test_weighted_request_equals_the_same_request_with_rows_repeated(logreg):
+    model, objective, x, y = logreg
+    base = fix_labels(x, y, 1 - y, rows=[3, 8, 21], num_classes=2)
+    weighted = Request(base.rows, base.z, base.z_tilde, weights=torch.tensor([2.0, 1.0, 3.0]))
+    expanded = concat([base, base[[0]], base[[2]], base[[2]]])
+    assert not expanded.is_edit and len(expanded) == 6
+    for update in (lambda r: first_order(model, objective, r, tau=0.05),
+                   lambda r: second_order(model, objective, r, (x, y), solver=Exact())):
+        a, _ = update(weighted)
+        b, _ = update(expanded)
+        torch.testing.assert_close(_t(a), _t(b), rtol=1e-12, atol=1e-14)
+    # Weights 1/k over k copies: the same G as the plain request.
+    a, _ = first_order(model, objective, base.tiled(4), tau=0.05)
+    b, _ = first_order(model, objective, base, tau=0.05)
+    torch.testing.assert_close(_t(a), _t(b), rtol=1e-12, atol=1e-14)
+
+
+def test_tiled_request_with_steps_takes_fractional_steps(logreg):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[3, 8], num_classes=2)
+    new, res = second_order(model, objective, request.tiled(3), (x, y), solver=Exact(), steps=3)
+    manual = model
+    for _ in range(3):  # oracle: three updates, each with a third of G, re-linearized at the current θ
+        manual, _ = second_order(manual, objective, request.weighted(1 / 3), (x, y), solver=Exact())
+    torch.testing.assert_close(_t(new), _t(manual), rtol=1e-12, atol=1e-14)
+    assert res.steps == 3 and len(res.solves) == 3
+
+
+def test_relabel_is_fix_labels_with_per_row_labels(logreg):
+    _, _, x, y = logreg
+    a = relabel(x, y, [5, 2], [1 - int(y[5]), 1 - int(y[2])], num_classes=2)
+    b = fix_labels(x, y, 1 - y, [5, 2], num_classes=2)
+    assert torch.equal(a.z_tilde[1], b.z_tilde[1]) and torch.equal(a.rows, b.rows)
+
+
+def test_row_removal_on_a_quadratic_is_exact_retraining(ridge):
+    model, objective, x, y = ridge
+    request = remove_rows(x, y, [2, 7, 30])
+    assert request.removed.all() and request.grad_evals == 3
+    corrected = apply_request((x, y), request)
+    assert len(corrected[0]) == 57 and torch.equal(corrected[0][2], x[3])
+    target, _ = retrain(model, objective, corrected, tol=1e-12, max_iter=2000)
+    np.testing.assert_allclose(_flat(target), _ridge_solution(*corrected, 2.0), rtol=1e-7, atol=1e-9)
+    for steps in (1, 3):
+        new, _ = second_order(model, objective, request, (x, y), solver=Exact(), hessian="corrected",
+                              steps=steps)
+        np.testing.assert_allclose(_flat(new), _flat(target), rtol=1e-7, atol=1e-9)
+
+
+def test_row_removal_on_logistic_regression_lands_on_retraining(logreg):
+    model, objective, x, y = logreg
+    request = remove_rows(x, y, [11])
+    corrected = apply_request((x, y), request)
+    target, _ = retrain(model, objective, corrected, tol=1e-12, max_iter=2000)
+    assert gradient_residual(target, objective, corrected) < 1e-6  # H ⪰ l2·I: θ within 1e-6 of the optimum
+    new, _ = second_order(model, objective, request, (x, y), solver=CG(tol=1e-12), hessian="corrected")
+    gap = param_distance(model, target)
+    # One Newton step from θ*: the error is second order in the gap (here ~2e-3 of it).
+    assert gap > 1e-3 and param_distance(new, target) < 5e-3 * gap
+    # Mixed request: one row removed, one relabelled, against retraining on that edit.
+    mixed = concat([remove_rows(x, y, [11]), fix_labels(x, y, 1 - y, [40], num_classes=2)])
+    corrected = apply_request((x, y), mixed)
+    assert len(corrected[0]) == 199 and int(corrected[1][39]) == 1 - int(y[40])
+    target, _ = retrain(model, objective, corrected, tol=1e-12, max_iter=2000)
+    new, _ = second_order(model, objective, mixed, (x, y), solver=Exact(), hessian="corrected")
+    assert param_distance(new, target) < 0.03 * param_distance(model, target)  # gap 0.1: Newton error ~1.5%
+
+
+def test_sisa_removal_leaves_the_rows_out(logreg):
+    _, objective, x, y = logreg
+    sizes = []
+
+    def fit(m, d):
+        sizes.append(len(d[0]))
+        fit_lbfgs(m, objective, d)
+
+    sisa = Sisa(lambda: nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double(), fit, (x, y), shards=2)
+    shard = int(sisa.shard_of[0])
+    before = int((sisa.shard_of == shard).sum())
+    res = sisa.unlearn(remove_rows(x, y, [0]))
+    assert sizes[-1] == before - 1 and res.extra["shards_retrained"] == 1 and res.grad_evals is None
+
+
+def test_first_order_sweep_equals_first_order_per_tau(logreg):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[3, 8], num_classes=2)
+    swept = first_order_sweep(model, objective, request, [0.01, 0.1])
+    for (m, res), tau in zip(swept, [0.01, 0.1]):
+        single, _ = first_order(model, objective, request, tau=tau)
+        torch.testing.assert_close(_t(m), _t(single), rtol=1e-14, atol=0)
+        assert res.extra["tau"] == tau and res.grad_evals == 4
+
+
+def test_accuracy_is_the_base_accuracy(logreg):
+    model, _, x, y = logreg
+    assert accuracy(model, x, y) == train.accuracy(model, x, y, device="cpu")
+
+
+def test_bad_request_shapes_and_update_options_raise_clear_errors(logreg):
+    model, objective, x, y = logreg
+    request = fix_labels(x, y, 1 - y, rows=[3, 8], num_classes=2)
+    with pytest.raises(ValueError, match="weights has 3 entries"):
+        Request(request.rows, request.z, request.z_tilde, weights=torch.ones(3))
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        Request(request.rows, request.z, request.z_tilde, weights=torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="removed must be a bool vector"):
+        Request(request.rows, request.z, request.z_tilde, removed=torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="removed must be a bool vector"):
+        Request(request.rows, request.z, request.z_tilde, removed=torch.tensor([True]))
+    with pytest.raises(ValueError, match="1-D integer"):
+        Request(request.rows.float(), request.z, request.z_tilde)
+    with pytest.raises(ValueError, match=r"rows \(2\), inputs \(3\)"):
+        Request(request.rows, (x[:3], y[:3]), None)
+    with pytest.raises(ValueError, match="labels has 1 entries"):
+        relabel(x, y, [1, 2], [0])
+    with pytest.raises(ValueError, match="duplicate"):
+        remove_rows(x, y, [4, 4])
+    with pytest.raises(ValueError, match="rows appear once"):
+        apply_request((x, y), request.tiled(2))
+    with pytest.raises(ValueError, match="hessian='corrected' needs"):
+        second_order(model, objective, request.tiled(2), (x, y), hessian="corrected")
+    with pytest.raises(ValueError, match="with a solver object"):
+        second_order(model, objective, request, (x, y), solver=CG(), damping=1.0)
+    with pytest.raises(ValueError, match="inside settings"):
+        second_order(model, objective, request, (x, y), settings=SecondOrder(), hessian="corrected")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        second_order(model, objective, request, (x, y), dampin=1.0)
+    with pytest.raises(ValueError, match="damping"):
+        second_order(model, objective, request, (x, y), solver="cg", damping=-1.0)
+    with pytest.raises(ValueError, match="tol"):
+        second_order(model, objective, request, (x, y), solver="cg", tol=0.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        second_order(model, objective, request, (x, y), solver="cg", max_iter=0)
+    with pytest.raises(ValueError, match="step="):
+        SecondOrder(step=0.0)
+    with pytest.raises(ValueError, match="hessian_rows"):
+        SecondOrder(hessian_rows=0)
+    with pytest.raises(ValueError, match="curvature"):
+        SecondOrder(curvature="fisher")
+    with pytest.raises(ValueError, match="every row"):
+        fine_tune(model, objective, remove_rows(x, y, [1]), lr=0.1)

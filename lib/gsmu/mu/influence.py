@@ -4,7 +4,8 @@ Implements the linear-algebra core of *Machine Unlearning of Features and Labels
 NDSS 2023), Section 4: the gradient difference `G` over affected rows, products with the Hessian of the
 total training loss `H = ∇²(Σ ℓ + λ/2‖θ‖²)` (exact, forward-over-reverse with `torch.func`, or the
 positive semi-definite Gauss-Newton matrix `Jᵀ H_out J` from a double vector-Jacobian product), and the
-solvers for `H⁻¹G`: a dense solve, conjugate gradient and LiSSA. Everything acts on a flat vector over a
+solvers for `H⁻¹G` as objects (`Exact`, `CG`, `LiSSA`: `solve(h, b) -> (x, SolveStats)`, the same stats for
+every solver; `get_solver` maps the names "exact", "cg", "lissa" to them). Everything acts on a flat vector over a
 chosen subset of the model's parameters (`ParamSpace`, chosen by name prefixes), for any torch model whose
 loss is a sum over examples (`Objective`); the L2 term is handled in one place so G, H and residuals agree.
 """
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -173,15 +175,40 @@ def value_and_gradient(model: nn.Module, objective: Objective, space: ParamSpace
 
 
 def gradient_difference(model: nn.Module, objective: Objective, space: ParamSpace, z: Batch,
-                        z_tilde: Batch, batch_size: int = 1024) -> Tensor:
-    """G = Σ_{z̃} ∇ℓ(z̃, θ) − Σ_{z} ∇ℓ(z, θ): one backward of the loss difference per chunk of rows."""
+                        z_tilde: Batch | None, batch_size: int = 1024, *, weights: Tensor | None = None,
+                        removed: Tensor | None = None) -> Tensor:
+    """G = Σᵢ w̃ᵢ ∇ℓ(z̃ᵢ, θ) − Σᵢ wᵢ ∇ℓ(zᵢ, θ) over the rows of a request (only those rows are touched).
+
+    `weights` wᵢ (default 1) scale row i; `removed` marks rows whose correction is dropped (w̃ᵢ = 0: the row
+    leaves the data); `z_tilde=None` removes every row. With equal weights and nothing removed this is one
+    backward of the loss difference per chunk of rows (times the common weight)."""
+    n = len(z[0])
+    if z_tilde is None:
+        z_tilde, removed = z, torch.ones(n, dtype=torch.bool)
+    weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    removed = None if removed is None else torch.as_tensor(removed, dtype=torch.bool).reshape(-1)
+    for name, value in (("weights", weights), ("removed", removed)):
+        if value is not None and len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries; expected one per request row ({n}).")
     device = _device_of(model)
     _, loss = _functional(model, objective, space)
     theta = space.flat(model)
+    uniform = weights is None or bool((weights == weights[0]).all())
+    if uniform and (removed is None or not bool(removed.any())):
+        total = torch.zeros_like(theta)
+        with _functorch_backends(model):
+            for (x, y), (xt, yt) in zip(_chunks(z, batch_size, device), _chunks(z_tilde, batch_size, device)):
+                total += torch.func.grad(lambda t: loss(t, xt, yt) - loss(t, x, y))(theta).detach()
+        return total if weights is None or float(weights[0]) == 1.0 else float(weights[0]) * total
+    weights = torch.ones(n, dtype=torch.float64) if weights is None else weights
+    kept = weights if removed is None else torch.where(removed, torch.zeros_like(weights), weights)
     total = torch.zeros_like(theta)
-    with _functorch_backends(model):
-        for (x, y), (xt, yt) in zip(_chunks(z, batch_size, device), _chunks(z_tilde, batch_size, device)):
-            total += torch.func.grad(lambda t: loss(t, xt, yt) - loss(t, x, y))(theta).detach()
+    # Rows sharing a coefficient are summed in one pass (a request holds few distinct weights).
+    for coefficients, (x, y) in ((kept, z_tilde), (-weights, z)):
+        for c in torch.unique(coefficients).tolist():
+            if c != 0:
+                idx = (coefficients == c).nonzero().reshape(-1)
+                total += c * loss_gradient(model, objective, space, (x[idx], y[idx]), batch_size)
     return total
 
 
@@ -279,80 +306,286 @@ class Curvature:
         return total
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Inverse-HVP solvers: one class per method, each `solve(h, b) -> (x, SolveStats)` with x ≈ (H + damping·I)⁻¹ b.
+# `h` is a `Curvature`, any callable v ↦ H v (a "matvec"), or a dense symmetric matrix.
+
+Operator = Callable[[Tensor], Tensor] | Tensor
+
+
+@dataclass(frozen=True)
+class SolveStats:
+    """What one inverse-HVP solve did; the same fields for every solver.
+
+    `residual` is the relative residual ‖b − (H + damping·I)x‖/‖b‖ at exit (CG: its recursive residual;
+    exact and LiSSA: measured with one extra product), `damping` the damping of the system actually solved
+    (LiSSA: `damping·scale` of its recursion), `hvps` the products with H (the dense solve: one per column),
+    `change` LiSSA's last relative change of its iterate (None for the others), `scale` LiSSA's scale."""
+
+    solver: str
+    iterations: int
+    residual: float
+    converged: bool
+    negative_curvature: bool
+    hvps: int
+    seconds: float
+    damping: float
+    change: float | None = None
+    scale: float | None = None
+
+    def as_dict(self) -> dict:
+        """The stats under the keys of the former dict records (`effective_damping` for `damping`)."""
+        out = asdict(self)
+        out["effective_damping"] = out.pop("damping")
+        return out
+
+
+class _Counted:
+    """A matvec that counts its calls (the HVPs of one solve)."""
+
+    def __init__(self, h: Operator):
+        if isinstance(h, Tensor):
+            if h.ndim != 2 or h.shape[0] != h.shape[1]:
+                raise ValueError(f"a dense curvature must be a square matrix; got shape {tuple(h.shape)}.")
+            matrix = h
+            self.matvec: Callable[[Tensor], Tensor] = lambda v: matrix @ v
+        elif callable(h):
+            self.matvec = h
+        else:
+            raise TypeError(f"h must be a Curvature, a callable v -> H v or a dense matrix; got {type(h).__name__}.")
+        self.calls = 0
+
+    def __call__(self, v: Tensor) -> Tensor:
+        self.calls += 1
+        return self.matvec(v)
+
+
+def _check_rhs(b: Tensor) -> None:
+    if not isinstance(b, Tensor) or b.ndim != 1:
+        raise ValueError(f"the right-hand side must be a flat vector (1-D tensor); got "
+                         f"{tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__}.")
+
+
+def _check_damping(damping: float) -> None:
+    if not (damping >= 0 and math.isfinite(damping)):
+        raise ValueError(f"damping={damping!r} must be a finite number >= 0 (added as damping·I to H).")
+
+
+def _check_tol(tol: float) -> None:
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol={tol!r} must be a finite number > 0 (the relative residual to reach).")
+
+
+def _check_max_iter(max_iter: int) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter={max_iter!r} must be an integer >= 1.")
+
+
+def _relative(b: Tensor, r: Tensor) -> float:
+    return float(r.norm() / b.norm().clamp_min(1e-30))
+
+
+class Solver:
+    """Base of the inverse-HVP solvers: `solve(h, b)` returns x ≈ (H + damping·I)⁻¹ b and its `SolveStats`.
+    `generator` feeds solvers with randomness (LiSSA's power iteration); the others ignore it."""
+
+    name: ClassVar[str] = ""
+    damping: float
+
+    def solve(self, h: Operator, b: Tensor, *,
+              generator: torch.Generator | None = None) -> tuple[Tensor, SolveStats]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Exact(Solver):
+    """Dense solve `torch.linalg.solve(H + damping·I, b)`; H built column by column from HVPs unless given
+    as a matrix (`Curvature.dense`, so for parameter subsets up to ~20k entries)."""
+
+    damping: float = 0.0
+    name: ClassVar[str] = "exact"
+
+    def __post_init__(self) -> None:
+        _check_damping(self.damping)
+
+    def solve(self, h: Operator, b: Tensor, *,
+              generator: torch.Generator | None = None) -> tuple[Tensor, SolveStats]:
+        _check_rhs(b)
+        start = time.perf_counter()
+        if isinstance(h, Curvature):
+            matrix, hvps = h.dense(), h.dim
+        elif isinstance(h, Tensor):
+            matrix, hvps = h, 0
+        else:
+            matvec = _Counted(h)
+            eye = torch.eye(len(b), dtype=b.dtype, device=b.device)
+            matrix = torch.stack([matvec(e) for e in eye], dim=1)
+            matrix, hvps = (matrix + matrix.T) / 2, matvec.calls
+        if matrix.shape != (len(b), len(b)):
+            raise ValueError(f"H has shape {tuple(matrix.shape)}; expected a square ({len(b)}, {len(b)}) matrix "
+                             f"for a right-hand side of {len(b)} entries.")
+        a = matrix + self.damping * torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
+        x = torch.linalg.solve(a, b)
+        rel = _relative(b, b - a @ x)
+        return x, SolveStats(self.name, 1, rel, True, False, hvps, time.perf_counter() - start, self.damping)
+
+
+@dataclass(frozen=True)
+class CG(Solver):
+    """Conjugate gradient on `H + damping·I`. Stops when the relative residual ≤ `tol`, after `max_iter`
+    iterations, or as soon as a search direction has non-positive curvature (H is not positive definite
+    there: the iterate so far is returned with `negative_curvature` set — add damping or use Gauss-Newton)."""
+
+    damping: float = 0.0
+    tol: float = 1e-6
+    max_iter: int = 200
+    name: ClassVar[str] = "cg"
+
+    def __post_init__(self) -> None:
+        _check_damping(self.damping)
+        _check_tol(self.tol)
+        _check_max_iter(self.max_iter)
+
+    def solve(self, h: Operator, b: Tensor, *,
+              generator: torch.Generator | None = None) -> tuple[Tensor, SolveStats]:
+        _check_rhs(b)
+        start, matvec = time.perf_counter(), _Counted(h)
+        x = torch.zeros_like(b)
+        r = b.clone()
+        p = r.clone()
+        rr = r @ r
+        b_norm = float(b.norm()) or 1.0
+        residual, iterations, negative = float(rr.sqrt()) / b_norm, 0, False
+        for it in range(1, self.max_iter + 1):
+            if residual <= self.tol:
+                break
+            ap = matvec(p) + self.damping * p
+            curv = p @ ap
+            if curv <= 0:
+                negative = True
+                break
+            alpha = rr / curv
+            x = x + alpha * p
+            r = r - alpha * ap
+            rr_new = r @ r
+            p = r + (rr_new / rr) * p
+            rr = rr_new
+            iterations, residual = it, float(rr.sqrt()) / b_norm
+        return x, SolveStats(self.name, iterations, residual, residual <= self.tol, negative, matvec.calls,
+                             time.perf_counter() - start, self.damping)
+
+
+@dataclass(frozen=True)
+class LiSSA(Solver):
+    """The authors' LiSSA recursion `u ← b + (1 − d)·u − H u / scale`, returning `u / scale`.
+
+    Its fixed point is `(H + d·scale·I)⁻¹ b`. `damping` is that *effective* damping `d·scale` — the same
+    meaning as for `Exact` and `CG` (the recursion uses d = damping/scale, which must stay below 1);
+    `recursion_damping` sets d directly instead (the authors' parameter; the former `solver="lissa"`
+    path). `scale` must exceed H's largest eigenvalue; None takes `scale_factor` × the top eigenvalue by
+    `power_iterations` of power iteration (drawn with the `generator` given to `solve`, else `seed`).
+    Converges at the rate `1 − d − λ_min/scale` per step; stops when the relative change of u ≤ `tol` or
+    after `max_iter` steps. The matvec may be stochastic (a fresh minibatch per call)."""
+
+    damping: float = 0.0
+    scale: float | None = None
+    max_iter: int = 1000
+    tol: float = 1e-6
+    recursion_damping: float | None = None
+    scale_factor: float = 1.1
+    power_iterations: int = 50
+    seed: int = 0
+    name: ClassVar[str] = "lissa"
+
+    def __post_init__(self) -> None:
+        _check_damping(self.damping)
+        _check_tol(self.tol)
+        _check_max_iter(self.max_iter)
+        if self.scale is not None and not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ValueError(f"scale={self.scale!r} must be a finite number > 0 (above H's top eigenvalue), "
+                             f"or None to estimate it.")
+        if self.recursion_damping is not None:
+            if self.damping != 0:
+                raise ValueError("give LiSSA either damping (effective, d·scale) or recursion_damping (d), "
+                                 "not both.")
+            if not (0 <= self.recursion_damping < 1):
+                raise ValueError(f"recursion_damping={self.recursion_damping!r} must lie in [0, 1).")
+        if not self.scale_factor > 1:
+            raise ValueError(f"scale_factor={self.scale_factor!r} must be > 1 (scale above the top eigenvalue).")
+        _check_max_iter(self.power_iterations)
+
+    def solve(self, h: Operator, b: Tensor, *,
+              generator: torch.Generator | None = None) -> tuple[Tensor, SolveStats]:
+        _check_rhs(b)
+        start, matvec = time.perf_counter(), _Counted(h)
+        scale = self.scale
+        if scale is None:
+            generator = generator or torch.Generator().manual_seed(self.seed)
+            scale = self.scale_factor * top_eigenvalue(matvec, len(b), iterations=self.power_iterations,
+                                                       generator=generator, device=b.device, dtype=b.dtype)
+            if not scale > 0:
+                raise ValueError(f"H's top eigenvalue estimate is {scale / self.scale_factor:.3g} <= 0: LiSSA "
+                                 f"needs a positive definite H (use Gauss-Newton curvature or damping).")
+        d = self.recursion_damping if self.recursion_damping is not None else self.damping / scale
+        if not d < 1:
+            raise ValueError(f"damping={self.damping} is not below scale={scale:.4g}: LiSSA's recursion needs "
+                             f"damping/scale < 1; raise scale or lower damping.")
+        u, change, iterations = b.clone(), float("nan"), 0
+        for it in range(1, self.max_iter + 1):
+            new = b + (1 - d) * u - matvec(u) / scale
+            change = float((new - u).norm() / new.norm().clamp_min(1e-30))
+            u, iterations = new, it
+            if not math.isfinite(change):
+                raise ValueError(f"LiSSA diverged at iteration {it}: scale={scale} is below H's largest "
+                                 f"eigenvalue; raise it (see top_eigenvalue).")
+            if change <= self.tol:
+                break
+        x, damping = u / scale, d * scale
+        residual = _relative(b, b - matvec(x) - damping * x)
+        return x, SolveStats(self.name, iterations, residual, change <= self.tol, False, matvec.calls,
+                             time.perf_counter() - start, damping, change=change, scale=scale)
+
+
+SOLVER_REGISTRY: dict[str, type[Solver]] = {"exact": Exact, "cg": CG, "lissa": LiSSA}
+
+
+def get_solver(solver: Solver | str, **options: Any) -> Solver:
+    """A solver object: `solver` itself, or the preset named "exact", "cg" or "lissa" built with `options`
+    (its dataclass fields, e.g. damping, tol, max_iter); options with a solver object are an error."""
+    if isinstance(solver, Solver):
+        if options:
+            raise ValueError(f"options {sorted(options)} go into the solver object itself, e.g. "
+                             f"{type(solver).__name__}({', '.join(f'{k}=…' for k in options)}).")
+        return solver
+    if not isinstance(solver, str) or solver not in SOLVER_REGISTRY:
+        raise ValueError(f"solver={solver!r} is neither a Solver object nor one of {list(SOLVER_REGISTRY)}.")
+    cls = SOLVER_REGISTRY[solver]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"solver {solver!r} takes no option {unknown}; it takes {sorted(known)}.")
+    return cls(**options)
+
+
 def solve_exact(matrix: Tensor, b: Tensor, damping: float = 0.0) -> tuple[Tensor, dict]:
-    """x = (H + damping·I)⁻¹ b by a dense solve; stats hold the relative residual ‖b − Ax‖/‖b‖."""
-    a = matrix + damping * torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
-    x = torch.linalg.solve(a, b)
-    rel = float((b - a @ x).norm() / b.norm().clamp_min(1e-30))
-    return x, {"solver": "exact", "iterations": 1, "residual": rel, "converged": True,
-               "negative_curvature": False}
+    """`Exact(damping).solve(matrix, b)` with the stats as a dict (the former function API)."""
+    x, stats = Exact(damping).solve(matrix, b)
+    return x, stats.as_dict()
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, *, damping: float = 0.0,
                        tol: float = 1e-6, max_iter: int = 100) -> tuple[Tensor, dict]:
-    """x ≈ (H + damping·I)⁻¹ b by conjugate gradient with `matvec(v) = H v`.
-
-    Stops when the relative residual ‖b − Ax‖/‖b‖ ≤ tol, after `max_iter` iterations, or as soon as a
-    search direction has non-positive curvature (H is not positive definite there; the iterate so far is
-    returned and `negative_curvature` is set — add damping or use Gauss-Newton).
-    """
-    if tol <= 0 or max_iter < 1:
-        raise ValueError(f"tol={tol} must be > 0 and max_iter={max_iter} >= 1.")
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rr = r @ r
-    b_norm = float(b.norm()) or 1.0
-    stats = {"solver": "cg", "iterations": 0, "residual": float(rr.sqrt()) / b_norm, "converged": False,
-             "negative_curvature": False}
-    for it in range(1, max_iter + 1):
-        if stats["residual"] <= tol:
-            break
-        ap = matvec(p) + damping * p
-        curv = p @ ap
-        if curv <= 0:
-            stats["negative_curvature"] = True
-            break
-        alpha = rr / curv
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = r @ r
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-        stats["iterations"] = it
-        stats["residual"] = float(rr.sqrt()) / b_norm
-    stats["converged"] = stats["residual"] <= tol
-    return x, stats
+    """`CG(damping, tol, max_iter).solve(matvec, b)` with the stats as a dict (the former function API)."""
+    x, stats = CG(damping, tol, max_iter).solve(matvec, b)
+    return x, stats.as_dict()
 
 
 def lissa(matvec: Callable[[Tensor], Tensor], b: Tensor, *, damping: float = 0.0, scale: float,
           iterations: int = 1000, tol: float = 1e-6) -> tuple[Tensor, dict]:
-    """The authors' LiSSA recursion `u ← b + (1 − damping)·u − H u / scale`, returning `u / scale`.
-
-    Its fixed point is `u/scale = (H + damping·scale·I)⁻¹ b`: the *effective* damping is
-    `damping·scale` (reported in the stats). It converges when `scale` exceeds H's largest eigenvalue
-    (`top_eigenvalue`), at the rate `1 − damping − λ_min/scale` per step — slowly for ill-conditioned H.
-    `matvec` may be stochastic (a fresh minibatch per call), as in the original algorithm. Stops when the
-    relative change of `u` falls below `tol`.
-    """
-    if scale <= 0 or not (0 <= damping < 1) or iterations < 1:
-        raise ValueError(f"lissa needs scale > 0 (got {scale}), 0 <= damping < 1 (got {damping}) and "
-                         f"iterations >= 1 (got {iterations}).")
-    u = b.clone()
-    stats = {"solver": "lissa", "iterations": 0, "effective_damping": damping * scale, "converged": False}
-    for it in range(1, iterations + 1):
-        new = b + (1 - damping) * u - matvec(u) / scale
-        change = float((new - u).norm() / new.norm().clamp_min(1e-30))
-        u = new
-        stats["iterations"] = it
-        if not math.isfinite(change):
-            raise ValueError(f"LiSSA diverged at iteration {it}: scale={scale} is below H's largest "
-                             f"eigenvalue; raise it (see top_eigenvalue).")
-        if change <= tol:
-            stats["converged"] = True
-            break
-    stats["change"] = change
-    return u / scale, stats
+    """`LiSSA(recursion_damping=damping, scale, max_iter=iterations, tol).solve(matvec, b)` with the stats as
+    a dict (the former function API: `damping` is the recursion's d; the effective damping is d·scale)."""
+    x, stats = LiSSA(scale=scale, max_iter=iterations, tol=tol, recursion_damping=damping).solve(matvec, b)
+    return x, stats.as_dict()
 
 
 def top_eigenvalue(matvec: Callable[[Tensor], Tensor], dim: int, *, iterations: int = 50,

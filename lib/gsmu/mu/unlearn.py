@@ -2,72 +2,165 @@
 
 Implements *Machine Unlearning of Features and Labels* (Warnecke et al., NDSS 2023): an unlearning
 request `(Z, Z̃)` (Section 3: affected rows and their corrected versions — features zeroed, labels fixed,
-tokens replaced), the first-order update `θ − τG` and the second-order update `θ − H⁻¹G` (Section 4, with
-H from the original data as in the paper or from the corrected data, exact or Gauss-Newton curvature,
-dense / CG / LiSSA solvers, and an iterative variant), the baselines of Section 6 (retraining with a warm
-start, fine-tuning on Z̃, SISA sharding, occlusion) and certified unlearning for L2-regularized logistic
-regression (Section 5: loss perturbation `bᵀθ`, gradient residual, the σ that certifies (ε, δ)).
+tokens replaced — or no correction at all: the row is removed), the first-order update `θ − τG` and the
+second-order update `θ − H⁻¹G` (Section 4, with H from the original data as in the paper or from the
+corrected data, exact or Gauss-Newton curvature, any inverse-HVP solver object of `gsmu.mu.influence`, and
+an iterative variant), the baselines of Section 6 (retraining with a warm start, fine-tuning on Z̃, SISA
+sharding, occlusion) and certified unlearning for L2-regularized logistic regression (Section 5: loss
+perturbation `bᵀθ`, gradient residual, the σ that certifies (ε, δ)).
+
 Every update returns a new model (the original is untouched; `device=None` keeps it on the original's
-device) and a record of time and gradient evaluations (one per example whose gradient or Hessian-vector
-product is evaluated). Models are used in their current mode: call `.eval()` first for dropout/BatchNorm.
+device) and an `UpdateResult` (time, gradient evaluations — one per example whose gradient or
+Hessian-vector product is evaluated — HVPs and solver statistics). `steps=k` means one thing everywhere:
+the request is unlearned in k consecutive pieces, re-linearizing at the current parameters after each
+(`Request.tiled(k)` with `steps=k` gives k fractional steps over every row instead). Models are used in
+their current mode: call `.eval()` first for dropout/BatchNorm.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .influence import (Batch, Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference,
-                        gradient_residual, lissa, loss_gradient, solve_exact, top_eigenvalue,
-                        value_and_gradient)
+from ..base import train
 from ..base.runtime import check_choice, get_device
+from .influence import (CG, Batch, Curvature, Exact, LiSSA, Objective, ParamSpace, Solver, SolveStats,
+                        get_solver, gradient_difference, gradient_residual, loss_gradient, value_and_gradient)
+
+__all__ = ["CG", "Exact", "LiSSA", "Solver", "SolveStats", "Request", "UpdateResult", "SecondOrder",
+           "first_order", "first_order_sweep", "second_order"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Requests
+
+
+def _bool_vector(value: Tensor | Sequence[bool] | None, n: int, name: str) -> Tensor:
+    if value is None:
+        return torch.zeros(n, dtype=torch.bool)
+    value = torch.as_tensor(value).reshape(-1)
+    if value.dtype != torch.bool or len(value) != n:
+        raise ValueError(f"{name} must be a bool vector with one entry per request row ({n}); got "
+                         f"{value.dtype} of length {len(value)}.")
+    return value.cpu()
 
 
 @dataclass(frozen=True)
 class Request:
-    """Affected rows `rows` (indices into the training data), their current values `z` and corrections
-    `z_tilde`, each an (inputs, targets) pair with matching shapes. Build with the helpers below."""
+    """An unlearning request: pairs (zᵢ, z̃ᵢ) with weights wᵢ, whose update targets
+    `argmin L(θ; D) + Σᵢ wᵢ (ℓ(z̃ᵢ, θ) − ℓ(zᵢ, θ))` (G = Σ wᵢ (∇ℓ(z̃ᵢ) − ∇ℓ(zᵢ))).
+
+    `rows`: indices into the training data (they may repeat: e.g. one window with several corrections);
+    `z`, `z_tilde`: (inputs, targets) pairs with matching shapes; `z_tilde=None` removes every row (Z
+    without Z̃); `removed` (bool per row) removes single rows — their Z̃ entry is ignored; `weights` (> 0,
+    default 1) scale single rows. With unique rows, weight 1 and no removal it is the paper's request: a
+    data-set edit (`is_edit`) that `apply_request` applies. Build it with the helpers below."""
 
     rows: Tensor
     z: Batch
-    z_tilde: Batch
+    z_tilde: Batch | None = None
+    weights: Tensor | None = None
+    removed: Tensor | None = None
 
     def __post_init__(self) -> None:
-        (x, y), (xt, yt) = self.z, self.z_tilde
-        if len(self.rows) == 0:
+        rows = torch.as_tensor(self.rows)
+        if rows.ndim != 1 or rows.dtype.is_floating_point or rows.dtype == torch.bool:
+            raise ValueError(f"rows must be a 1-D integer tensor of row indices; got {rows.dtype} of shape "
+                             f"{tuple(rows.shape)}.")
+        if len(rows) == 0:
             raise ValueError("the request is empty (Z has no rows): nothing to unlearn; check the rows or "
                              "features you selected.")
+        n = len(rows)
+        x, y = self.z
+        if not (len(x) == len(y) == n):
+            raise ValueError(f"rows ({n}), inputs ({len(x)}) and targets ({len(y)}) must have the same length.")
+        removed = _bool_vector(self.removed, n, "removed")
+        z_tilde = self.z_tilde
+        if z_tilde is None:
+            z_tilde, removed = self.z, torch.ones(n, dtype=torch.bool)
+        xt, yt = z_tilde
         if x.shape != xt.shape or y.shape != yt.shape:
             raise ValueError(f"Z and Z̃ differ in shape: inputs {tuple(x.shape)} vs {tuple(xt.shape)}, "
                              f"targets {tuple(y.shape)} vs {tuple(yt.shape)}; Z̃ must hold the same rows, "
-                             f"corrected.")
-        if not (len(x) == len(y) == len(self.rows)):
-            raise ValueError(f"rows ({len(self.rows)}), inputs ({len(x)}) and targets ({len(y)}) must have "
-                             f"the same length.")
-        if len(torch.unique(self.rows)) != len(self.rows):
-            raise ValueError("rows holds duplicate indices; each affected row must appear once.")
+                             f"corrected (or pass z_tilde=None / removed= to remove rows).")
+        weights = torch.ones(n, dtype=torch.float64) if self.weights is None else \
+            torch.as_tensor(self.weights, dtype=torch.float64).reshape(-1).cpu()
+        if len(weights) != n:
+            raise ValueError(f"weights has {len(weights)} entries; expected one per request row ({n}).")
+        if not bool(torch.isfinite(weights).all() & (weights > 0).all()):
+            raise ValueError("weights must be finite and > 0 (leave a row out of the request instead of "
+                             "giving it weight 0).")
+        object.__setattr__(self, "rows", rows.long())
+        object.__setattr__(self, "z_tilde", z_tilde)
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "removed", removed)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def is_edit(self) -> bool:
+        """Each row once with weight 1: the request is an edit of the data set (replace or remove rows)."""
+        return len(torch.unique(self.rows)) == len(self.rows) and bool((self.weights == 1).all())
+
+    @property
+    def is_plain(self) -> bool:
+        """An edit that removes nothing: the paper's request (rows replaced by their corrections)."""
+        return self.is_edit and not bool(self.removed.any())
+
+    @property
+    def grad_evals(self) -> int:
+        """Gradient evaluations G costs: one per row of Z and per kept row of Z̃."""
+        return len(self) + int((~self.removed).sum())
+
+    def __getitem__(self, index: Tensor | slice | Sequence[int]) -> "Request":
+        """The sub-request of the selected pairs (weights and removal marks kept)."""
+        i = torch.arange(len(self))[index]
+        return Request(self.rows[i], (self.z[0][i], self.z[1][i]), (self.z_tilde[0][i], self.z_tilde[1][i]),
+                       self.weights[i], self.removed[i])
+
     def split(self, parts: int) -> list["Request"]:
-        """The request cut into `parts` consecutive pieces of (almost) equal size."""
-        if not (1 <= parts <= len(self)):
-            raise ValueError(f"steps={parts} must lie in [1, {len(self)}] (the number of affected rows).")
-        pieces = torch.arange(len(self)).tensor_split(parts)
-        return [Request(self.rows[i], (self.z[0][i], self.z[1][i]), (self.z_tilde[0][i], self.z_tilde[1][i]))
-                for i in pieces]
+        """The request cut into `parts` consecutive pieces of (almost) equal size (what `steps` does)."""
+        if isinstance(parts, bool) or not isinstance(parts, int) or not (1 <= parts <= len(self)):
+            raise ValueError(f"steps={parts!r} must be an integer in [1, {len(self)}] (the number of request "
+                             f"rows).")
+        return [self[i] for i in torch.arange(len(self)).tensor_split(parts)]
+
+    def weighted(self, weight: float) -> "Request":
+        """The same pairs with every weight multiplied by `weight` (> 0)."""
+        return replace(self, weights=self.weights * float(weight))
+
+    def tiled(self, k: int) -> "Request":
+        """k copies of the request, each with weights / k: the same total G, and with `steps=k` the update
+        takes k fractional steps over every row, re-linearizing in between."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r} must be an integer >= 1.")
+        return concat([self.weighted(1 / k)] * k)
 
 
-def _check_rows(rows: Sequence[int] | Tensor, n: int) -> Tensor:
+def concat(requests: Sequence[Request]) -> Request:
+    """One request holding the pairs of all `requests` in order (rows may repeat)."""
+    if len(requests) == 0:
+        raise ValueError("requests is empty: give at least one request to concatenate.")
+    cat = torch.cat
+    return Request(cat([r.rows for r in requests]),
+                   (cat([r.z[0] for r in requests]), cat([r.z[1] for r in requests])),
+                   (cat([r.z_tilde[0] for r in requests]), cat([r.z_tilde[1] for r in requests])),
+                   cat([r.weights for r in requests]), cat([r.removed for r in requests]))
+
+
+def _check_rows(rows: Sequence[int] | Tensor, n: int, edit: bool = False) -> Tensor:
     rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
     if len(rows) and (rows.min() < 0 or rows.max() >= n):
         raise ValueError(f"rows must index the {n} data rows (0 … {n - 1}); got {rows.min()} … {rows.max()}.")
+    if edit and len(torch.unique(rows)) != len(rows):
+        raise ValueError("rows holds duplicate indices; an edit changes each row once (build a weighted or "
+                         "repeated request with Request(...) or concat).")
     return rows
 
 
@@ -92,8 +185,30 @@ def remove_features(x: Tensor, y: Tensor, features: Sequence[int], rows: Sequenc
     cleaned = zero_features(x, features, value)
     if rows is None:
         rows = (cleaned != x).any(dim=1).nonzero().reshape(-1)
-    rows = _check_rows(rows, len(x))
+    rows = _check_rows(rows, len(x), edit=True)
     return Request(rows, (x[rows], y[rows]), (cleaned[rows], y[rows]))
+
+
+def remove_rows(x: Tensor, y: Tensor, rows: Sequence[int] | Tensor) -> Request:
+    """Request to remove `rows` from the training data (Z without Z̃)."""
+    rows = _check_rows(rows, len(x), edit=True)
+    return Request(rows, (x[rows], y[rows]), None)
+
+
+def _check_labels(name: str, y: Tensor, num_classes: int | None) -> None:
+    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{name} holds labels outside [0, {num_classes - 1}] (num_classes={num_classes}).")
+
+
+def relabel(x: Tensor, y: Tensor, rows: Sequence[int] | Tensor, labels: Tensor | Sequence[int],
+            num_classes: int | None = None) -> Request:
+    """Request to give each row `rows[i]` the new label `labels[i]` (per-row label changes)."""
+    rows = _check_rows(rows, len(x), edit=True)
+    labels = torch.as_tensor(labels, dtype=y.dtype).reshape(-1)
+    if len(labels) != len(rows):
+        raise ValueError(f"labels has {len(labels)} entries; expected one per row in rows ({len(rows)}).")
+    _check_labels("labels", labels, num_classes)
+    return Request(rows, (x[rows], y[rows]), (x[rows], labels))
 
 
 def fix_labels(x: Tensor, y_wrong: Tensor, y_clean: Tensor, rows: Sequence[int] | Tensor,
@@ -102,12 +217,9 @@ def fix_labels(x: Tensor, y_wrong: Tensor, y_clean: Tensor, rows: Sequence[int] 
     if y_wrong.shape != y_clean.shape or len(y_wrong) != len(x):
         raise ValueError(f"y_wrong {tuple(y_wrong.shape)} and y_clean {tuple(y_clean.shape)} must both be "
                          f"label vectors over the {len(x)} rows of x.")
-    if num_classes is not None:
-        for name, y in (("y_wrong", y_wrong), ("y_clean", y_clean)):
-            if y.min() < 0 or y.max() >= num_classes:
-                raise ValueError(f"{name} holds labels outside [0, {num_classes - 1}] "
-                                 f"(num_classes={num_classes}).")
-    rows = _check_rows(rows, len(x))
+    _check_labels("y_wrong", y_wrong, num_classes)
+    _check_labels("y_clean", y_clean, num_classes)
+    rows = _check_rows(rows, len(x), edit=True)
     return Request(rows, (x[rows], y_wrong[rows]), (x[rows], y_clean[rows]))
 
 
@@ -150,11 +262,103 @@ def replace_tokens(stream: Tensor, old: Sequence[int], new: Sequence[int], lengt
 
 
 def apply_request(data: Batch, request: Request) -> Batch:
-    """The training data with the request's rows replaced by their corrections (a copy)."""
+    """The training data after the request: its rows replaced by their corrections and its removed rows
+    dropped (a copy; the other rows keep their order). Needs an edit (`request.is_edit`)."""
+    if not request.is_edit:
+        raise ValueError("apply_request needs a request whose rows appear once with weight 1 (an edit of the "
+                         "data set); this one repeats rows or weights them — it has no corrected data set "
+                         "(for second_order use hessian='original').")
     x, y = data[0].clone(), data[1].clone()
     rows = _check_rows(request.rows, len(x))
-    x[rows], y[rows] = request.z_tilde[0].to(x), request.z_tilde[1].to(y)
+    kept = ~request.removed
+    x[rows[kept]], y[rows[kept]] = request.z_tilde[0][kept].to(x), request.z_tilde[1][kept].to(y)
+    if request.removed.any():
+        keep = torch.ones(len(x), dtype=torch.bool)
+        keep[rows[request.removed]] = False
+        x, y = x[keep], y[keep]
     return x, y
+
+
+def request_gradient(model: nn.Module, objective: Objective, space: ParamSpace, request: Request,
+                     batch_size: int = 1024) -> Tensor:
+    """G = Σᵢ wᵢ (∇ℓ(z̃ᵢ) − ∇ℓ(zᵢ)) of the request at the model's parameters (removed rows: −wᵢ∇ℓ(zᵢ))."""
+    if request.is_plain:  # the paper's request: one backward of the loss difference per chunk
+        return gradient_difference(model, objective, space, request.z, request.z_tilde, batch_size)
+    return gradient_difference(model, objective, space, request.z, request.z_tilde, batch_size,
+                               weights=request.weights, removed=request.removed)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class UpdateResult:
+    """What one unlearning update (or a baseline, or a fit) did.
+
+    `params`: the names of the parameters it changed; `grad_evals`: examples whose gradient or HVP was
+    evaluated (None where not counted, e.g. SISA), of which `hvp_evals` by HVPs (`grad_evals − hvp_evals`
+    are plain per-example gradients); `hvps`: products with H over its data; `solves`: one
+    `SolveStats` per inverse-HVP solve (one per step); `extra`: method-specific values (tau, iterations,
+    shards_retrained …). Indexing by the former dict keys (`res["seconds"]`, `res["solver"]` → the
+    solves as dicts, `res["tau"]`) still works — a compatibility shim for callers written against dicts."""
+
+    method: str
+    seconds: float
+    grad_evals: int | None
+    params: tuple[str, ...] = ()
+    steps: int = 1
+    hvps: int = 0
+    hvp_evals: int = 0
+    solves: list[SolveStats] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def residual(self) -> float | None:
+        """The largest relative residual ‖b − (H + λI)x‖/‖b‖ of the solves (None without a solve)."""
+        return max((s.residual for s in self.solves), default=None)
+
+    @property
+    def converged(self) -> bool | None:
+        return all(s.converged for s in self.solves) if self.solves else None
+
+    @property
+    def negative_curvature(self) -> bool:
+        return any(s.negative_curvature for s in self.solves)
+
+    @property
+    def iterations(self) -> int:
+        return sum(s.iterations for s in self.solves) if self.solves else self.extra.get("iterations", 0)
+
+    # -- compatibility with the former dict records --------------------------------------------------------
+    __iter__ = None  # not a (model, record) pair: unpacking it must fail loudly, not via __getitem__(0)
+    _FIELDS: ClassVar[frozenset[str]] = frozenset({"method", "seconds", "grad_evals", "params", "steps",
+                                                   "hvps", "hvp_evals"})
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "solver":
+            return [s.as_dict() for s in self.solves]
+        if key in self._FIELDS:
+            return getattr(self, key)
+        if key in self.extra:
+            return self.extra[key]
+        raise KeyError(f"{key!r}: the record has {sorted(self._FIELDS | {'solver'} | set(self.extra))}.")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._FIELDS:
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._FIELDS or key in self.extra or (key == "solver" and bool(self.solves))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+# --------------------------------------------------------------------------------------------------------
+# Updates
 
 
 def _new_model(model: nn.Module, device: str | torch.device | None) -> nn.Module:
@@ -162,91 +366,165 @@ def _new_model(model: nn.Module, device: str | torch.device | None) -> nn.Module
     return copy.deepcopy(model).to(next(model.parameters()).device if device is None else get_device(device))
 
 
-def first_order(model: nn.Module, objective: Objective, request: Request, *, tau: float,
-                params: Sequence[str] | None = None, steps: int = 1, batch_size: int = 1024,
-                device: str | torch.device | None = None) -> tuple[nn.Module, dict]:
-    """θ_new = θ* − τ·G (the paper's first-order update); `steps` > 1 unlearns the rows in that many
-    pieces, recomputing G at the current parameters after each piece (steps=1 is the plain update)."""
+def _check_tau(tau: float) -> None:
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"tau={tau!r} (the unlearning rate) must be a finite number > 0.")
+
+
+def first_order(model: nn.Module, objective: Objective, request: Request, *, tau: float,
+                params: Sequence[str] | None = None, steps: int = 1, batch_size: int = 1024,
+                device: str | torch.device | None = None) -> tuple[nn.Module, UpdateResult]:
+    """θ_new = θ* − τ·G (the paper's first-order update); `steps` = k unlearns the request in k consecutive
+    pieces, recomputing G at the current parameters after each piece (steps=1 is the plain update)."""
+    _check_tau(tau)
     pieces = request.split(steps)
     start = time.perf_counter()
     new = _new_model(model, device)
     space = ParamSpace(new, params)
     for piece in pieces:
-        g = gradient_difference(new, objective, space, piece.z, piece.z_tilde, batch_size)
+        g = request_gradient(new, objective, space, piece, batch_size)
         space.assign(new, space.flat(new) - tau * g)
-    record = {"method": "first-order", "seconds": time.perf_counter() - start,
-              "grad_evals": 2 * len(request), "steps": steps, "tau": tau}
-    return new, record
+    return new, UpdateResult("first-order", time.perf_counter() - start, request.grad_evals,
+                             tuple(space.names), steps, extra={"tau": tau})
+
+
+def first_order_sweep(model: nn.Module, objective: Objective, request: Request, taus: Sequence[float], *,
+                      params: Sequence[str] | None = None, batch_size: int = 1024,
+                      device: str | torch.device | None = None) -> list[tuple[nn.Module, UpdateResult]]:
+    """`first_order(..., tau=τ)` for every τ in `taus` (steps=1) from ONE gradient difference G (it does
+    not depend on τ). Each result reports the cost of one update: G plus its step."""
+    if len(taus) == 0:
+        raise ValueError("taus is empty: give at least one unlearning rate.")
+    for tau in taus:
+        _check_tau(tau)
+    start = time.perf_counter()
+    base = _new_model(model, device)
+    space = ParamSpace(base, params)
+    g = request_gradient(base, objective, space, request, batch_size)
+    seconds, theta, out = time.perf_counter() - start, space.flat(base), []
+    for tau in taus:
+        new = copy.deepcopy(base)
+        space.assign(new, theta - tau * g)
+        out.append((new, UpdateResult("first-order", seconds, request.grad_evals, tuple(space.names),
+                                      extra={"tau": tau})))
+    return out
 
 
 HESSIANS = ("original", "corrected")
+CURVATURES = ("exact", "gauss-newton")
 SOLVERS = ("exact", "cg", "lissa")
 
 
-def second_order(model: nn.Module, objective: Objective, request: Request, data: Batch, *,
-                 params: Sequence[str] | None = None, hessian: str = "original", curvature: str = "exact",
-                 solver: str = "cg", damping: float = 0.0, tol: float = 1e-6, max_iter: int = 200,
-                 lissa_scale: float | None = None, lissa_iterations: int = 1000, hessian_rows: int | None = None,
-                 step: float = 1.0, steps: int = 1, batch_size: int = 1024, seed: int = 0,
-                 device: str | torch.device | None = None) -> tuple[nn.Module, dict]:
-    """θ_new = θ* − step·(H + damping·I)⁻¹ G, H the Hessian of the total training loss at θ*.
+@dataclass(frozen=True)
+class SecondOrder:
+    """Settings of the second-order update besides the solver.
 
-    `hessian="original"`: H over the training data `data` as it was (the paper). `"corrected"`: H over
-    the data with the request applied — then the update is one Newton step on the corrected objective
-    (taking ∇L(θ*; D) = 0). `curvature`: "exact" or "gauss-newton" (PSD, for non-convex models).
-    `solver`: "exact" (dense, small subsets), "cg" (stops on negative curvature) or "lissa" (`lissa_scale`
-    defaults to 1.1 × the top eigenvalue of H; effective damping `damping·lissa_scale`).
-    `hessian_rows`: estimate H from a fixed random subsample of that many rows (drawn with `seed`).
-    `steps` > 1 unlearns the rows in pieces, re-linearizing (G and H) at the current parameters after each
-    piece, with H of the data corrected so far for `hessian="corrected"`; steps=1 is the plain update.
-    """
-    check_choice("hessian", hessian, HESSIANS)
-    check_choice("curvature", curvature, ("exact", "gauss-newton"))
+    `hessian`: "original" — H over the training data as it was (the paper); "corrected" — H over the data
+    with the request applied (needs an edit request), so the update is one Newton step on the corrected
+    objective (taking ∇L(θ*; D) = 0). `curvature`: "exact" Hessian or "gauss-newton" (PSD, for non-convex
+    models). `hessian_rows`: estimate H from a fixed random subsample of that many rows (drawn with
+    `seed`, which also drives LiSSA's power iteration). `step`: the update is θ − step·(H + λI)⁻¹G."""
+
+    hessian: str = "original"
+    curvature: str = "exact"
+    hessian_rows: int | None = None
+    step: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("hessian", self.hessian, HESSIANS)
+        check_choice("curvature", self.curvature, CURVATURES)
+        if not (self.step > 0 and math.isfinite(self.step)):
+            raise ValueError(f"step={self.step!r} must be a finite number > 0.")
+        if self.hessian_rows is not None and (isinstance(self.hessian_rows, bool)
+                                              or not isinstance(self.hessian_rows, int) or self.hessian_rows < 1):
+            raise ValueError(f"hessian_rows={self.hessian_rows!r} must be an integer >= 1 or None (all rows).")
+
+
+# The former keyword arguments of second_order: settings, and solver options for a solver given by name.
+_SETTING_KEYWORDS = frozenset(f.name for f in fields(SecondOrder))
+_SOLVER_KEYWORDS = {"exact": {"damping": "damping"},
+                    "cg": {"damping": "damping", "tol": "tol", "max_iter": "max_iter"},
+                    "lissa": {"damping": "recursion_damping", "tol": "tol", "lissa_scale": "scale",
+                              "lissa_iterations": "max_iter"}}
+_ALL_SOLVER_KEYWORDS = frozenset({"damping", "tol", "max_iter", "lissa_scale", "lissa_iterations"})
+
+
+def _second_order_options(solver: Solver | str, settings: SecondOrder | None,
+                          keywords: dict[str, Any]) -> tuple[Solver, SecondOrder]:
+    unknown = sorted(set(keywords) - _SETTING_KEYWORDS - _ALL_SOLVER_KEYWORDS)
+    if unknown:
+        raise TypeError(f"second_order() got unexpected keyword arguments {unknown}.")
+    setting_kw = {k: v for k, v in keywords.items() if k in _SETTING_KEYWORDS}
+    solver_kw = {k: v for k, v in keywords.items() if k in _ALL_SOLVER_KEYWORDS}
+    if settings is not None and setting_kw:
+        raise ValueError(f"give {sorted(setting_kw)} inside settings=SecondOrder(...), not beside it.")
+    settings = settings if settings is not None else SecondOrder(**setting_kw)
+    if isinstance(solver, Solver):
+        if solver_kw:
+            raise ValueError(f"{sorted(solver_kw)} are options of a solver named by a string; with a solver "
+                             f"object set them on it, e.g. {type(solver).__name__}(damping=…).")
+        return solver, settings
     check_choice("solver", solver, SOLVERS)
-    if damping < 0 or step <= 0:
-        raise ValueError(f"damping={damping} must be >= 0 and step={step} > 0.")
+    if "damping" in solver_kw and not (solver_kw["damping"] >= 0):
+        raise ValueError(f"damping={solver_kw['damping']!r} must be >= 0.")
+    # Options the named solver does not use are ignored, as they always were (e.g. tol for "exact").
+    mapping = _SOLVER_KEYWORDS[solver]
+    return get_solver(solver, **{mapping[k]: v for k, v in solver_kw.items() if k in mapping}), settings
+
+
+def second_order(model: nn.Module, objective: Objective, request: Request, data: Batch, *,
+                 solver: Solver | str = "cg", settings: SecondOrder | None = None,
+                 params: Sequence[str] | None = None, steps: int = 1, batch_size: int = 1024,
+                 device: str | torch.device | None = None, **keywords: Any) -> tuple[nn.Module, UpdateResult]:
+    """θ_new = θ* − step·(H + λI)⁻¹ G, H the Hessian of the total training loss at θ*, (H + λI)⁻¹ by
+    `solver` — an `Exact`, `CG` or `LiSSA` object (its damping λ, tolerance, iterations) or a preset name.
+
+    `settings`: a `SecondOrder` (which H, exact or Gauss-Newton curvature, subsampled H, step, seed).
+    `steps` = k unlearns the request in k consecutive pieces, re-linearizing (G and H) at the current
+    parameters after each, with H of the data corrected so far for `hessian="corrected"`.
+
+    The former keywords still work: `hessian`, `curvature`, `hessian_rows`, `step`, `seed` (→ settings)
+    and, with a solver name, `damping`, `tol`, `max_iter`, `lissa_scale`, `lissa_iterations` ("lissa":
+    `damping` is its recursion's d, effective damping d·scale; `lissa_scale` None → 1.1 × H's top
+    eigenvalue)."""
+    solver, settings = _second_order_options(solver, settings, keywords)
     _check_rows(request.rows, len(data[0]))
+    if settings.hessian == "corrected" and not request.is_edit:
+        raise ValueError("hessian='corrected' needs a request whose rows appear once with weight 1 (it builds "
+                         "H on the corrected data set); use hessian='original' for weighted/repeated rows.")
     pieces = request.split(steps)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     start = time.perf_counter()
     new = _new_model(model, device)
     space = ParamSpace(new, params)
-    evals, stats = 2 * len(request), []
+    hvp_evals, hvps, solves = 0, 0, []
     current = data
-    for piece in pieces:
-        if hessian == "corrected":
-            current = apply_request(current, piece)
-        g = gradient_difference(new, objective, space, piece.z, piece.z_tilde, batch_size)
-        h = Curvature(new, objective, space, current, kind=curvature, rows=hessian_rows,
+    for i, piece in enumerate(pieces):
+        if settings.hessian == "corrected":
+            current = apply_request(data, concat(pieces[:i + 1]))
+        g = request_gradient(new, objective, space, piece, batch_size)
+        h = Curvature(new, objective, space, current, kind=settings.curvature, rows=settings.hessian_rows,
                       batch_size=batch_size, generator=generator)
-        delta, info = _inverse_hvp(h, g, solver, damping, tol, max_iter, lissa_scale, lissa_iterations,
-                                   generator)
-        space.assign(new, space.flat(new) - step * delta)
-        evals += h.evals
-        stats.append(info)
-    record = {"method": f"second-order ({hessian} H)", "seconds": time.perf_counter() - start,
-              "grad_evals": evals, "steps": steps, "solver": stats}
-    return new, record
+        delta, stats = solver.solve(h, g, generator=generator)
+        space.assign(new, space.flat(new) - settings.step * delta)
+        hvp_evals, hvps = hvp_evals + h.evals, hvps + stats.hvps
+        solves.append(stats)
+    return new, UpdateResult(f"second-order ({settings.hessian} H)", time.perf_counter() - start,
+                             request.grad_evals + hvp_evals, tuple(space.names), steps, hvps, hvp_evals, solves,
+                             extra={"solver_name": solver.name, "settings": settings})
 
 
-def _inverse_hvp(h: Curvature, g: Tensor, solver: str, damping: float, tol: float, max_iter: int,
-                 lissa_scale: float | None, lissa_iterations: int,
-                 generator: torch.Generator) -> tuple[Tensor, dict]:
-    if solver == "exact":
-        return solve_exact(h.dense(), g, damping)
-    if solver == "cg":
-        return conjugate_gradient(h, g, damping=damping, tol=tol, max_iter=max_iter)
-    scale = lissa_scale or 1.1 * top_eigenvalue(h, h.dim, generator=generator, device=g.device, dtype=g.dtype)
-    return lissa(h, g, damping=damping, scale=scale, iterations=lissa_iterations, tol=tol)
+# --------------------------------------------------------------------------------------------------------
+# Training and the baselines
 
 
 def fit_lbfgs(model: nn.Module, objective: Objective, data: Batch, *, params: Sequence[str] | None = None,
               linear: Tensor | None = None, max_iter: int = 500, tol: float = 1e-10,
-              batch_size: int = 8192) -> dict:
+              batch_size: int = 8192) -> UpdateResult:
     """Minimize Σℓ + l2/2‖θ‖² (+ linearᵀθ) over `params` on `data` in place with full-batch L-BFGS
-    (strong-Wolfe line search) — exact training for small convex models such as logistic regression."""
+    (strong-Wolfe line search) — exact training for small convex models such as logistic regression.
+    The result's `extra["iterations"]` holds L-BFGS's iterations."""
     space = ParamSpace(model, params)
     if linear is not None and linear.shape != (space.dim,):
         raise ValueError(f"linear has shape {tuple(linear.shape)}; expected ({space.dim},) over params.")
@@ -269,14 +547,14 @@ def fit_lbfgs(model: nn.Module, objective: Objective, data: Batch, *, params: Se
     start = time.perf_counter()
     opt.step(closure)
     space.assign(model, theta.detach())
-    return {"seconds": time.perf_counter() - start, "grad_evals": calls[0] * len(data[0]),
-            "iterations": opt.state[theta]["n_iter"]}
+    return UpdateResult("L-BFGS", time.perf_counter() - start, calls[0] * len(data[0]), tuple(space.names),
+                        extra={"iterations": opt.state[theta]["n_iter"]})
 
 
 def retrain(model: nn.Module, objective: Objective, corrected: Batch, *, warm_start: bool = True,
             params: Sequence[str] | None = None, linear: Tensor | None = None, seed: int = 0,
             max_iter: int = 500, tol: float = 1e-10,
-            device: str | torch.device | None = None) -> tuple[nn.Module, dict]:
+            device: str | torch.device | None = None) -> tuple[nn.Module, UpdateResult]:
     """Retraining on the corrected data with L-BFGS, from θ* (`warm_start`) or re-initialized weights."""
     new = _new_model(model, device)
     if not warm_start:
@@ -284,42 +562,50 @@ def retrain(model: nn.Module, objective: Objective, corrected: Batch, *, warm_st
         for module in new.modules():
             if hasattr(module, "reset_parameters") and module is not new:
                 module.reset_parameters()
-    record = fit_lbfgs(new, objective, corrected, params=params, linear=linear, max_iter=max_iter, tol=tol)
-    record["method"] = "retraining" + (" (warm start)" if warm_start else "")
-    return new, record
+    result = fit_lbfgs(new, objective, corrected, params=params, linear=linear, max_iter=max_iter, tol=tol)
+    result.method = "retraining" + (" (warm start)" if warm_start else "")
+    return new, result
 
 
 def fine_tune(model: nn.Module, objective: Objective, request: Request, *, lr: float, epochs: int = 1,
               batch_size: int = 32, params: Sequence[str] | None = None, seed: int = 0,
-              device: str | torch.device | None = None) -> tuple[nn.Module, dict]:
-    """SGD on the mean loss of the corrected rows Z̃ only (the paper's fine-tuning baseline)."""
+              device: str | torch.device | None = None) -> tuple[nn.Module, UpdateResult]:
+    """SGD on the mean loss of the corrected rows Z̃ only (the paper's fine-tuning baseline); removed rows
+    have no Z̃ and weights are ignored."""
     if lr <= 0 or epochs < 1 or batch_size < 1:
         raise ValueError(f"fine_tune needs lr > 0 (got {lr}), epochs >= 1 (got {epochs}), batch_size >= 1.")
+    kept = ~request.removed
+    if not kept.any():
+        raise ValueError("fine-tuning trains on Z̃, and this request removes every row: nothing to train on.")
     start = time.perf_counter()
     new = _new_model(model, device)
     space = ParamSpace(new, params)
     generator = torch.Generator().manual_seed(seed)
     x, y = request.z_tilde
+    if not kept.all():
+        x, y = x[kept], y[kept]
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
             g = loss_gradient(new, objective, space, (x[idx], y[idx]), batch_size) / len(idx)
             space.assign(new, space.flat(new) - lr * g)
-    record = {"method": "fine-tuning", "seconds": time.perf_counter() - start,
-              "grad_evals": epochs * len(x)}
-    return new, record
+    return new, UpdateResult("fine-tuning", time.perf_counter() - start, epochs * len(x), tuple(space.names),
+                             extra={"lr": lr, "epochs": epochs})
 
 
-@torch.no_grad()
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
-    """Predicted labels: the sign of a single logit (binary models) or the arg-max over classes."""
-    device = next(model.parameters()).device
-    out = torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    """Predicted labels (CPU): the sign of a single logit (binary models) or the arg-max over classes.
+    Runs on the model's own device through `gsmu.base.train.predict_logits` (which sets eval mode)."""
+    out = train.predict_logits(model, x, batch_size, device=_device_of(model))
     return (out > 0).long() if out.ndim == 1 else out.argmax(-1)
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Share of rows predicted correctly (binary single-logit or multi-class models)."""
-    return float((predict(model, x) == y.reshape(-1)).float().mean())
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096) -> float:
+    """Share of rows predicted correctly: `gsmu.base.train.accuracy` on the model's own device."""
+    return train.accuracy(model, x, y.reshape(-1), batch_size, device=_device_of(model))
 
 
 @torch.no_grad()
@@ -331,8 +617,8 @@ def param_distance(a: nn.Module, b: nn.Module) -> float:
 class Sisa:
     """SISA training (Bourtoule et al.): `shards` disjoint random shards, one model each, majority vote.
 
-    Unlearning retrains only the shards that hold affected rows, on their corrected rows.
-    `fit(model, data)` trains a model in place; `build()` makes a fresh one.
+    Unlearning retrains only the shards that hold affected rows, on their corrected rows (removed rows
+    leave their shard). `fit(model, data)` trains a model in place; `build()` makes a fresh one.
     """
 
     def __init__(self, build: Callable[[], nn.Module], fit: Callable[[nn.Module, Batch], object],
@@ -341,6 +627,7 @@ class Sisa:
         if not (1 <= shards <= n):
             raise ValueError(f"shards={shards} must lie in [1, {n}].")
         self.build, self.fit, self.data = build, fit, (data[0].clone(), data[1].clone())
+        self.active = torch.ones(n, dtype=torch.bool)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         self.shard_of = torch.empty(n, dtype=torch.long)
         for s, idx in enumerate(order.tensor_split(shards)):
@@ -348,7 +635,7 @@ class Sisa:
         self.models = [self._train(s) for s in range(shards)]
 
     def _train(self, shard: int) -> nn.Module:
-        idx = (self.shard_of == shard).nonzero().reshape(-1)
+        idx = ((self.shard_of == shard) & self.active).nonzero().reshape(-1)
         model = self.build()
         self.fit(model, (self.data[0][idx], self.data[1][idx]))
         return model
@@ -360,15 +647,25 @@ class Sisa:
     def accuracy(self, x: Tensor, y: Tensor) -> float:
         return float((self.predict(x) == y).float().mean())
 
-    def unlearn(self, request: Request) -> dict:
-        """Apply the request and retrain the affected shards in place; returns a record."""
+    def unlearn(self, request: Request) -> UpdateResult:
+        """Apply the request (an edit) and retrain the affected shards in place."""
+        if not request.is_edit:
+            raise ValueError("SISA unlearns data-set edits: each row once with weight 1.")
         start = time.perf_counter()
-        self.data = apply_request(self.data, request)
-        touched = torch.unique(self.shard_of[request.rows]).tolist()
+        rows = _check_rows(request.rows, len(self.shard_of))
+        kept = ~request.removed
+        self.data[0][rows[kept]] = request.z_tilde[0][kept].to(self.data[0])
+        self.data[1][rows[kept]] = request.z_tilde[1][kept].to(self.data[1])
+        self.active[rows[request.removed]] = False
+        touched = torch.unique(self.shard_of[rows]).tolist()
         for s in touched:
             self.models[s] = self._train(s)
-        return {"method": "SISA", "seconds": time.perf_counter() - start, "shards_retrained": len(touched),
-                "grad_evals": None}
+        return UpdateResult("SISA", time.perf_counter() - start, None,
+                            extra={"shards_retrained": len(touched)})
+
+
+# --------------------------------------------------------------------------------------------------------
+# Certification
 
 
 def certify_constant(delta: float) -> float:
@@ -399,59 +696,75 @@ def perturbation(dim: int, sigma: float, generator: torch.Generator) -> Tensor:
 
 def example_losses(model: nn.Module, objective: Objective, x: Tensor, y: Tensor) -> Tensor:
     """Per-example losses ℓ(z, θ) (the paper's loss-difference scatter compares them across models)."""
-    device = next(model.parameters()).device
+    device = _device_of(model)
     with torch.no_grad():
         return torch.func.vmap(lambda xi, yi: objective(model, xi[None], yi[None]))(x.to(device), y.to(device)).cpu()
 
 
 def best_first_order(model: nn.Module, objective: Objective, request: Request, corrected: Batch,
-                     taus: Sequence[float], **kwargs) -> tuple[nn.Module, dict]:
+                     taus: Sequence[float], **kwargs) -> tuple[nn.Module, UpdateResult]:
     """First-order update with the τ of `taus` that leaves the smallest gradient residual on `corrected`
-    (the residual needs no retrained model; its extra passes over the data are counted in the record)."""
+    (the residual needs no retrained model). The cost counts every τ tried: its update and the residual's
+    pass over the data."""
     if len(taus) == 0:
         raise ValueError("taus is empty: give at least one unlearning rate.")
     start = time.perf_counter()
     tried = [first_order(model, objective, request, tau=tau, **kwargs) for tau in taus]
     residuals = [gradient_residual(m, objective, corrected) for m, _ in tried]
     best = min(range(len(taus)), key=residuals.__getitem__)
-    new, record = tried[best]
-    record.update(seconds=time.perf_counter() - start,
-                  grad_evals=len(taus) * (record["grad_evals"] + len(corrected[0])))
-    return new, record
+    new, result = tried[best]
+    result.seconds = time.perf_counter() - start
+    result.grad_evals = len(taus) * (result.grad_evals + len(corrected[0]))
+    return new, result
 
 
 def compare_methods(model: nn.Module, objective: Objective, data: Batch, request: Request, test: Batch, *,
                     taus: Sequence[float], fine_tune_lr: float, sisa: Sisa | None = None,
-                    solver: str = "exact", seed: int = 0) -> tuple[list[dict], dict[str, nn.Module]]:
+                    solver: Solver | str = "exact", seed: int = 0) -> tuple[list[dict], dict[str, nn.Module]]:
     """All unlearning methods of the paper's Section 6 on one request, side by side.
 
-    `test` must already look like the corrected data (e.g. features removed). Rows hold the method, test
-    accuracy, gradient residual on the corrected training data, distance to the retrained model, gradient
-    evaluations and seconds; SISA (an ensemble) has no single θ, so no residual or distance.
+    `test` must already look like the corrected data (e.g. features removed). Rows (table rows) hold the
+    method, test accuracy, gradient residual on the corrected training data, distance to the retrained
+    model, gradient evaluations and seconds; SISA (an ensemble) has no single θ, so no residual or distance.
     """
     corrected = apply_request(data, request)
-    runs = {"occlusion": (copy.deepcopy(model), {"seconds": 0.0, "grad_evals": 0})}
+    runs = {"occlusion": (copy.deepcopy(model), UpdateResult("occlusion", 0.0, 0))}
     runs["retraining"] = retrain(model, objective, corrected)
     runs["fine-tuning"] = fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed)
     runs["first-order"] = best_first_order(model, objective, request, corrected, taus)
     for hessian in HESSIANS:
-        runs[f"second-order ({hessian} H)"] = second_order(model, objective, request, data, hessian=hessian,
-                                                            solver=solver, seed=seed)
+        runs[f"second-order ({hessian} H)"] = second_order(model, objective, request, data, solver=solver,
+                                                            settings=SecondOrder(hessian=hessian, seed=seed))
     target = runs["retraining"][0]
     rows = [{"method": name, "accuracy": accuracy(m, *test),
              "residual": gradient_residual(m, objective, corrected), "distance": param_distance(m, target),
-             "grad_evals": rec["grad_evals"], "seconds": rec["seconds"]} for name, (m, rec) in runs.items()]
+             "grad_evals": res.grad_evals, "seconds": res.seconds} for name, (m, res) in runs.items()]
     if sisa is not None:
         ensemble = copy.deepcopy(sisa)
-        rec = ensemble.unlearn(request)
+        res = ensemble.unlearn(request)
         rows.append({"method": "SISA", "accuracy": ensemble.accuracy(*test), "residual": float("nan"),
-                     "distance": float("nan"), "grad_evals": rec["grad_evals"], "seconds": rec["seconds"]})
+                     "distance": float("nan"), "grad_evals": res.grad_evals, "seconds": res.seconds})
     return rows, {name: m for name, (m, _) in runs.items()}
+
+
+@dataclass(frozen=True)
+class CertifiedRun:
+    """One run of certified unlearning: the training noise σ, the residual β of the perturbed objective
+    after the update, and whether β ≤ σε/c. Indexable by the former dict keys (`run["residual"]`)."""
+
+    sigma: float
+    residual: float
+    certified: bool
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("sigma", "residual", "certified"):
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 def certified_run(model: nn.Module, objective: Objective, data: Batch, corrected: Batch,
                   update: Callable[[nn.Module], nn.Module], *, sigma: float, epsilon: float, delta: float,
-                  seed: int) -> tuple[nn.Module, dict]:
+                  seed: int) -> tuple[nn.Module, CertifiedRun]:
     """One run of certified unlearning: train on `data` with loss perturbation b ~ N(0, σ²I) (L-BFGS from
     `model`), apply `update` to the noisy model, and measure the residual β of the perturbed objective on
     `corrected` — the quantity the (ε, δ) bound is about (the noiseless residual under-estimates it)."""
@@ -459,4 +772,4 @@ def certified_run(model: nn.Module, objective: Objective, data: Batch, corrected
     noisy, _ = retrain(model, objective, data, linear=b)
     new = update(noisy)
     beta = gradient_residual(new, objective, corrected, linear=b)
-    return new, {"sigma": sigma, "residual": beta, "certified": is_certified(beta, sigma, epsilon, delta)}
+    return new, CertifiedRun(sigma, beta, is_certified(beta, sigma, epsilon, delta))
