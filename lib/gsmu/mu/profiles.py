@@ -1,10 +1,100 @@
 """The Machine Unlearning experiments' settings per profile (quick: CPU minutes; paper: the paper's sizes).
 
 One `Experiment` dataclass per notebook; `NOTEBOOKS` maps each notebook to it so the main job finds the
-notebook's sweep grid (`Experiment.GRID`).
+notebook's sweep grid (`Experiment.GRID`, seeds {0, 1, 2}). The notebooks' parameters cells override single
+fields (`SpamFeatures.for_profile("quick", runs=3)`); everything else about a profile lives here only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 from ..base.profiles import Experiment
 
-NOTEBOOKS: dict[str, type[Experiment]] = {}
+
+@dataclass(frozen=True)
+class SpamFeatures(Experiment):
+    """05: feature unlearning on Spambase (MU paper §6.1): random feature sets and the affected-rows sweep."""
+    runs: int = 2  # repetitions per random feature-set size and per affected-row count
+    feature_counts: tuple[int, ...] = (3, 20)  # sizes of the random feature sets removed
+    affected_rows: tuple[int, ...] = (10, 100, 1000)  # rows in which the donor features are zeroed
+    timing_repeats: int = 3  # repeats of the timed calls (median wall time, one thread)
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(runs=2, feature_counts=(3, 20), affected_rows=(10, 100, 1000), timing_repeats=3),
+        "paper": dict(runs=10, feature_counts=(3, 9, 20, 30), affected_rows=(10, 30, 100, 300, 1000),
+                      timing_repeats=5),
+    }
+
+
+@dataclass(frozen=True)
+class SpamCertified(Experiment):
+    """06: certified unlearning (MU paper §5): the σ each update needs and the accuracy at that σ."""
+    draws: int = 2  # noise draws per method; σ grows until every draw is certified
+    rounds: int = 4  # σ-raising rounds at most (each round: `draws` noisy trainings)
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"quick": dict(draws=2, rounds=4),
+                                                     "paper": dict(draws=10, rounds=6)}
+
+
+@dataclass(frozen=True)
+class LabelPoisoning(Experiment):
+    """07: label-flip poisoning repair (MU paper §6.3) on an MNIST CNN; the CNN recipe of both models."""
+    n_train: int = 20000  # training images (the first n of the split)
+    whole_rows: int = 500  # H subsample of the whole-model second-order update
+    whole_iterations: int = 30  # CG iterations of the whole-model update
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    # A linearly decayed learning rate ends training near a stationary point (which the influence updates
+    # assume) and cut the seed spread of the poisoning gap to ±0.05 points in a prototype here.
+    schedule: str = "linear"
+    timing_repeats: int = 3  # repeats of the timed calls (median wall time, one thread)
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(n_train=20000, whole_rows=500, whole_iterations=30, epochs=3),
+        "paper": dict(n_train=40000, whole_rows=5000, whole_iterations=100, epochs=30),
+    }
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The CNN training recipe (`gsmu.base.train.fit_classifier` keywords)."""
+        return dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                    schedule=self.schedule)
+
+
+@dataclass(frozen=True)
+class Canary(Experiment):
+    """08: unlearning a canary from a character LSTM (MU paper §6.2, exposure of Carlini et al.)."""
+    chars: int = 20_000  # training characters of the book (the canary copies come on top)
+    val_chars: int = 10_000  # held-out characters at the end of the book
+    length: int = 65  # window length (the whole canary fits)
+    stride: int = 32
+    embed_dim: int = 64
+    hidden_size: int = 256
+    num_layers: int = 1
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 3e-3
+    candidates: int = 2000  # random secrets the canary is ranked against
+    hessian_rows: int = 64  # windows of the fixed subsample that estimates H
+    cg_iter: int = 10  # CG iterations of the second-order updates
+    timing_repeats: int = 3  # repeats of the timed calls (median wall time, one thread)
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(chars=20_000, hidden_size=256, num_layers=1, epochs=12, lr=3e-3, candidates=2000,
+                      hessian_rows=64, cg_iter=10),
+        "paper": dict(chars=138_000, hidden_size=512, num_layers=2, epochs=30, lr=2e-3, candidates=10_000,
+                      hessian_rows=1024, cg_iter=100),
+    }
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The LSTM's architecture and training recipe (`gsmu.mu.canary.language_model`)."""
+        return dict(embed_dim=self.embed_dim, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                    epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+
+
+NOTEBOOKS: dict[str, type[Experiment]] = {
+    "05_unlearning_features": SpamFeatures,
+    "06_unlearning_certified": SpamCertified,
+    "07_unlearning_labels": LabelPoisoning,
+    "08_unlearning_canary": Canary,
+}
