@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .runtime import atomic_write, cache_dir, check_choice, check_int, file_lock, sha256_file, stale_temporaries
 
@@ -72,6 +71,9 @@ SOURCES = {s.file: s for s in [
            "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05", "deb", "dataset-fashion-mnist",
            "usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
 ]}
+
+# torch is imported inside the loaders that return tensors: fetching (set-up, parallel first runs) needs
+# only the standard library, so a process that only fetches does not pay torch's import time.
 
 DONOR_FEATURES = ("george", "hp", "hpl", "lab", "labs", "telnet", "650", "857", "415")
 
@@ -172,6 +174,7 @@ def _check_split(split: str, splits: tuple[str, ...]) -> str:
 
 def load_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST as (x float32 N×1×28×28 in [0, 1], y int64): 'train' 50k, 'val' 10k, 'test' 10k."""
+    import torch
     index = {"train": 0, "val": 1, "test": 2}[_check_split(split, ("train", "val", "test"))]
     try:
         path = fetch("mnist.pkl.gz")
@@ -195,6 +198,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def load_fashion_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST as (x float32 N×1×28×28 in [0, 1], y int64): 'train' 60k, 'test' 10k."""
+    import torch
     prefix = {"train": "train", "test": "t10k"}[_check_split(split, ("train", "test"))]
     try:
         x = _read_idx(fetch(f"fashion-{prefix}-images-idx3-ubyte.gz"))
@@ -217,6 +221,7 @@ def _torchvision_online(name: str, train: bool, offline: DataError) -> tuple[tor
 
 def load_cifar10(split: str, root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 as (x float32 N×3×32×32 in [0, 1], y int64). Online only (torchvision download)."""
+    import torch
     import torchvision
     train = _check_split(split, ("train", "test")) == "train"
     root = root or cache_dir("data") / "cifar10"
@@ -240,6 +245,7 @@ def _check_size(size) -> tuple[int, int]:
 
 def cross_image(size: tuple[int, int] = (28, 28), thickness: int = 3, margin: int = 4) -> torch.Tensor:
     """A white X on black (the Gradient Slingshots MNIST target), 1×H×W in [0, 1]."""
+    import torch
     h, w = _check_size(size)
     check_int("thickness", thickness, 1)
     check_int("margin", margin, 0)
@@ -259,6 +265,7 @@ def target_image(name: str, size: tuple[int, int] = (28, 28), channels: int = 1)
     'cross' is drawn; 'flower' and 'china' are scikit-learn's sample photos, centre-cropped to a square,
     resized with antialiasing and converted to grayscale when `channels` is 1.
     """
+    import torch
     check_choice("name", name, ("cross", "flower", "china"))
     check_choice("channels", channels, (1, 3))
     size = _check_size(size)
@@ -313,12 +320,12 @@ def load_alice() -> str:
 
 def load_svmlight(path: str | Path, n_features: int | None = None):
     """Any svmlight/libsvm file (bring Enron or Drebin this way): (X scipy.sparse CSR, y ndarray)."""
-    from sklearn.datasets import load_svmlight_file
     if n_features is not None:
         check_int("n_features", n_features, 1)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"svmlight file {path} does not exist; pass the path of a libsvm-format file.")
+    from sklearn.datasets import load_svmlight_file
     try:
         X, y = load_svmlight_file(str(path), n_features=n_features)
     except ValueError as e:
