@@ -4,9 +4,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, SolveStats, conjugate_gradient,
-                               get_solver, gradient_difference, gradient_residual, lissa, loss_gradient, solve_exact,
-                               top_eigenvalue)
+from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, SolveStats,
+                               conjugate_gradient, get_solver, gradient_difference, gradient_residual, lissa,
+                               loss_gradient, solve_exact, top_eigenvalue)
 
 
 @pytest.fixture

@@ -288,7 +288,13 @@ def test_updates_on_cuda_match_cpu():
     cpu, _ = second_order(model, Objective(l2=0.1), request, (x, y), **kw)
     gpu, _ = second_order(model.cuda(), Objective(l2=0.1), request, (x, y), **kw)
     assert next(gpu.parameters()).is_cuda
+    assert accuracy(gpu, x, y) == accuracy(cpu, x, y)  # each model on its own device
     np.testing.assert_allclose(_flat(gpu.cpu()), _flat(cpu), rtol=1e-8, atol=1e-10)
+    mixed = concat([remove_rows(x, y, [5]), request.weighted(0.5)])
+    for solver in (Exact(damping=1.0), LiSSA(damping=1.0, max_iter=50)):
+        cpu, _ = second_order(model.cpu(), Objective(l2=0.1), mixed, (x, y), solver=solver, params=["3"])
+        gpu, _ = second_order(model.cuda(), Objective(l2=0.1), mixed, (x, y), solver=solver, params=["3"])
+        np.testing.assert_allclose(_flat(gpu.cpu()), _flat(cpu), rtol=1e-8, atol=1e-10)
 
 
 # ---- solver objects, settings and records ----------------------------------------------------------------

@@ -143,14 +143,15 @@ def _functional(model: nn.Module, objective: Objective, space: ParamSpace):
     return outputs, loss
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (where its inputs must go)."""
     return next(model.parameters()).device
 
 
 def loss_gradient(model: nn.Module, objective: Objective, space: ParamSpace, data: Batch,
                   batch_size: int = 1024) -> Tensor:
     """∇θ Σ_{(x,y)∈data} ℓ — the summed data-loss gradient over the selected parameters (no L2 term)."""
-    device = _device_of(model)
+    device = device_of(model)
     _, loss = _functional(model, objective, space)
     theta = space.flat(model)
     total = torch.zeros_like(theta)
@@ -163,7 +164,7 @@ def loss_gradient(model: nn.Module, objective: Objective, space: ParamSpace, dat
 def value_and_gradient(model: nn.Module, objective: Objective, space: ParamSpace, data: Batch,
                        batch_size: int = 1024) -> tuple[Tensor, Tensor]:
     """(Σ ℓ, ∇θ Σ ℓ) over `data` in one pass (no L2 term) — what a full-batch optimizer needs."""
-    device = _device_of(model)
+    device = device_of(model)
     _, loss = _functional(model, objective, space)
     theta = space.flat(model)
     value, total = torch.zeros((), dtype=theta.dtype, device=device), torch.zeros_like(theta)
@@ -190,7 +191,7 @@ def gradient_difference(model: nn.Module, objective: Objective, space: ParamSpac
     for name, value in (("weights", weights), ("removed", removed)):
         if value is not None and len(value) != n:
             raise ValueError(f"{name} has {len(value)} entries; expected one per request row ({n}).")
-    device = _device_of(model)
+    device = device_of(model)
     _, loss = _functional(model, objective, space)
     theta = space.flat(model)
     uniform = weights is None or bool((weights == weights[0]).all())
@@ -352,7 +353,8 @@ class _Counted:
         elif callable(h):
             self.matvec = h
         else:
-            raise TypeError(f"h must be a Curvature, a callable v -> H v or a dense matrix; got {type(h).__name__}.")
+            raise TypeError(f"h must be a Curvature, a callable v -> H v or a dense matrix; got "
+                            f"{type(h).__name__}.")
         self.calls = 0
 
     def __call__(self, v: Tensor) -> Tensor:

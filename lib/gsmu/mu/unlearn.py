@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..base import train
 from ..base.runtime import check_choice, get_device
-from .influence import (CG, Batch, Curvature, Exact, LiSSA, Objective, ParamSpace, Solver, SolveStats,
+from .influence import (CG, Batch, Curvature, Exact, LiSSA, Objective, ParamSpace, Solver, SolveStats, device_of,
                         get_solver, gradient_difference, gradient_residual, loss_gradient, value_and_gradient)
 
 __all__ = ["CG", "Exact", "LiSSA", "Solver", "SolveStats", "Request", "UpdateResult", "SecondOrder",
@@ -363,7 +363,7 @@ class UpdateResult:
 
 def _new_model(model: nn.Module, device: str | torch.device | None) -> nn.Module:
     # device=None keeps the original's device, so data and model stay together.
-    return copy.deepcopy(model).to(next(model.parameters()).device if device is None else get_device(device))
+    return copy.deepcopy(model).to(device_of(model) if device is None else get_device(device))
 
 
 def _check_tau(tau: float) -> None:
@@ -592,20 +592,16 @@ def fine_tune(model: nn.Module, objective: Objective, request: Request, *, lr: f
                              extra={"lr": lr, "epochs": epochs})
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
     """Predicted labels (CPU): the sign of a single logit (binary models) or the arg-max over classes.
     Runs on the model's own device through `gsmu.base.train.predict_logits` (which sets eval mode)."""
-    out = train.predict_logits(model, x, batch_size, device=_device_of(model))
+    out = train.predict_logits(model, x, batch_size, device=device_of(model))
     return (out > 0).long() if out.ndim == 1 else out.argmax(-1)
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096) -> float:
     """Share of rows predicted correctly: `gsmu.base.train.accuracy` on the model's own device."""
-    return train.accuracy(model, x, y.reshape(-1), batch_size, device=_device_of(model))
+    return train.accuracy(model, x, y.reshape(-1), batch_size, device=device_of(model))
 
 
 @torch.no_grad()
@@ -696,7 +692,7 @@ def perturbation(dim: int, sigma: float, generator: torch.Generator) -> Tensor:
 
 def example_losses(model: nn.Module, objective: Objective, x: Tensor, y: Tensor) -> Tensor:
     """Per-example losses ℓ(z, θ) (the paper's loss-difference scatter compares them across models)."""
-    device = _device_of(model)
+    device = device_of(model)
     with torch.no_grad():
         return torch.func.vmap(lambda xi, yi: objective(model, xi[None], yi[None]))(x.to(device), y.to(device)).cpu()
 
