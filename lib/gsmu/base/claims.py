@@ -13,19 +13,15 @@ parallel jobs never lose or corrupt a row.
 from __future__ import annotations
 
 import ast
-import fcntl
 import json
 import math
 import operator
-import os
 import statistics
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from .runtime import notebook_name, results_dir
+from .runtime import atomic_write, file_lock, notebook_name, results_dir
 
 KINDS = ("paper", "extension", "sanity")
 
@@ -145,27 +141,6 @@ def evaluate_rule(rule: str, ours: Stats, paper: Any) -> bool:
 
 
 # --- files: atomic, locked read-modify-write ---------------------------------------------------------------
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
-        yield
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a unique temporary file beside `path`, then rename it: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_json(path: Path) -> dict:
     """A JSON object file, or {} if it is missing; a corrupt file raises a ValueError naming it."""
     if not path.exists():
@@ -178,13 +153,13 @@ def read_json(path: Path) -> dict:
 
 def atomic_update(path: Path, key: str, row: Any) -> None:
     """Set `key` to `row` in the JSON object stored at `path`, under a lock, atomically."""
-    with _locked(path):
+    with file_lock(path):
         try:
             rows = read_json(path)
         except ValueError:
             rows = {}  # a corrupt file left by a killed writer of an older version: start it again
         rows[key] = row
-        write_atomic(path, json.dumps(rows, indent=1, default=float))
+        atomic_write(path, json.dumps(rows, indent=1, default=float))
 
 
 # --- recording and aggregating -----------------------------------------------------------------------------
