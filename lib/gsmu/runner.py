@@ -43,8 +43,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .base.claims import aggregate, as_dict, markdown_tables, read_json, write_atomic
-from .base.runtime import PROFILES, repo_root
+from .base.claims import aggregate, as_dict, markdown_tables, read_json
+from .base.runtime import PROFILES, atomic_write, repo_root
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "torchmetrics", "papermill", "nbval",
             "dask", "distributed")
@@ -261,7 +261,7 @@ def run_job(spec: dict) -> dict:
     if nb is not None:
         info["cells_seconds"] = round(sum(float(c.metadata.get("papermill", {}).get("duration") or 0)
                                           for c in nb.cells), 3)
-    write_atomic(staging / JOB_FILE, json.dumps(info, indent=1))  # last: marks the folder complete
+    atomic_write(staging / JOB_FILE, json.dumps(info, indent=1))  # last: marks the folder complete
     _finish(staging, out)
     if retry is not None:
         raise KernelDied(f"{book.stem} {spec['parameters']}: {info['error']}") from retry
@@ -390,8 +390,8 @@ def write_summary(results: Path, summary: dict) -> str:
     """Write summary.json and summary.md atomically; return the claims tables (markdown)."""
     from .base.claims import Claim
     claims_md = markdown_tables([Claim.from_dict(c) for c in summary["claims"]])
-    write_atomic(results / "summary.json", json.dumps(summary, indent=1, default=str))
-    write_atomic(results / "summary.md", summary_markdown(summary, claims_md))
+    atomic_write(results / "summary.json", json.dumps(summary, indent=1, default=str))
+    atomic_write(results / "summary.md", summary_markdown(summary, claims_md))
     return claims_md
 
 
@@ -457,7 +457,7 @@ def execute(jobs: list[Job], args, engine: list[str]) -> dict[str, dict]:
                 outcomes[job.key] = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000]}
                 if read_job(job.out) is None:  # nobody wrote the failure down: the driver does
                     job.out.mkdir(parents=True, exist_ok=True)
-                    write_atomic(job.out / JOB_FILE, json.dumps(
+                    atomic_write(job.out / JOB_FILE, json.dumps(
                         {"notebook": job.stem, "key": job.key, "parameters": job.parameters, "status": "failed",
                          "seconds": None, "executed": None, "error": outcomes[job.key]["error"]}, indent=1))
             bar.update(1)
