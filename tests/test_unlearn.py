@@ -367,6 +367,10 @@ def test_weighted_request_equals_the_same_request_with_rows_repeated(logreg):
         a, _ = update(weighted)
         b, _ = update(expanded)
         torch.testing.assert_close(_t(a), _t(b), rtol=1e-12, atol=1e-14)
+    # A number weights every row (float64, exactly as the pair-wise updates scale G).
+    a, _ = first_order(model, objective, Request(base.rows, base.z, base.z_tilde, weights=0.1), tau=0.05)
+    b, _ = first_order(model, objective, base, tau=0.005)
+    torch.testing.assert_close(_t(a), _t(b), rtol=1e-14, atol=1e-15)
     # Weights 1/k over k copies: the same G as the plain request.
     a, _ = first_order(model, objective, base.tiled(4), tau=0.05)
     b, _ = first_order(model, objective, base, tau=0.05)

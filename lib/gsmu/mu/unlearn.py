@@ -58,13 +58,14 @@ class Request:
     `rows`: indices into the training data (they may repeat: e.g. one window with several corrections);
     `z`, `z_tilde`: (inputs, targets) pairs with matching shapes; `z_tilde=None` removes every row (Z
     without Z̃); `removed` (bool per row) removes single rows — their Z̃ entry is ignored; `weights` (> 0,
-    default 1) scale single rows. With unique rows, weight 1 and no removal it is the paper's request: a
+    default 1; a number for every row, or one per row — kept as float64, so pass float64 tensors: a
+    float32 0.1 is 0.10000000149) scale single rows. With unique rows, weight 1 and no removal it is the paper's request: a
     data-set edit (`is_edit`) that `apply_request` applies. Build it with the helpers below."""
 
     rows: Tensor
     z: Batch
     z_tilde: Batch | None = None
-    weights: Tensor | None = None
+    weights: Tensor | float | None = None
     removed: Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -88,8 +89,10 @@ class Request:
             raise ValueError(f"Z and Z̃ differ in shape: inputs {tuple(x.shape)} vs {tuple(xt.shape)}, "
                              f"targets {tuple(y.shape)} vs {tuple(yt.shape)}; Z̃ must hold the same rows, "
                              f"corrected (or pass z_tilde=None / removed= to remove rows).")
-        weights = torch.ones(n, dtype=torch.float64) if self.weights is None else \
-            torch.as_tensor(self.weights, dtype=torch.float64).reshape(-1).cpu()
+        if self.weights is None or isinstance(self.weights, (int, float)):
+            weights = torch.full((n,), 1.0 if self.weights is None else float(self.weights), dtype=torch.float64)
+        else:
+            weights = torch.as_tensor(self.weights).cpu().to(torch.float64).reshape(-1)
         if len(weights) != n:
             raise ValueError(f"weights has {len(weights)} entries; expected one per request row ({n}).")
         if not bool(torch.isfinite(weights).all() & (weights > 0).all()):
