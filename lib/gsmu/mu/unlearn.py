@@ -32,8 +32,7 @@ from ..base.runtime import check_choice, get_device
 from .influence import (CG, Batch, Curvature, Exact, LiSSA, Objective, ParamSpace, Solver, SolveStats, device_of,
                         get_solver, gradient_difference, gradient_residual, loss_gradient, value_and_gradient)
 
-__all__ = ["CG", "Exact", "LiSSA", "Solver", "SolveStats", "Request", "UpdateResult", "SecondOrder",
-           "first_order", "first_order_sweep", "second_order"]
+# CG, Exact, LiSSA, Solver and SolveStats are re-exported: `unlearn.second_order(..., solver=unlearn.CG(...))`.
 
 
 # --------------------------------------------------------------------------------------------------------
