@@ -98,12 +98,12 @@ def test_resnet18_random_init_report(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["units"] == [0, 1, 2] and report["n_images"] == 6
-    methods = {f"{p}/{s}" for p, s in audit.METHODS + (audit.AUDIT_METHOD,)}
+    methods = {f"{p}/{s}" for p, s in audit.METHODS}
     assert set(report["methods"]) == methods
     assert all(len(m["activation"]) == 3 for m in report["methods"].values())
     assert len(report["natural"]["indices"]) == 3 and all(len(i) == 3 for i in report["natural"]["indices"])
     corr = np.array(report["agreement"]["fv_correlation"])
-    assert corr.shape == (5, 5) and np.allclose(np.diag(corr), 1.0)
+    assert corr.shape == (4, 4) and np.allclose(np.diag(corr), 1.0)
     assert set(report["audit"]["units"]) == {"0", "1", "2"}
     html = (tmp_path / "rep" / "report.html").read_text()
     fv_images = re.findall(r'<img alt="FV [^"]+" src="data:image/png;base64,', html)
