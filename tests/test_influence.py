@@ -4,8 +4,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gsmu.mu.curvature import Factorization, Factorized, load_drebin
 from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, SolveStats,
-                               conjugate_gradient, get_solver, gradient_difference, gradient_residual, lissa,
+                               binary_cross_entropy_sum, conjugate_gradient, get_solver, gradient_difference, gradient_residual, lissa,
                                loss_gradient, solve_exact, top_eigenvalue)
 
 
@@ -334,3 +335,128 @@ def test_weighted_gradient_difference_with_removed_rows(problem):
     torch.testing.assert_close(uniform, 0.25 * gradient_difference(model, objective, space, z, zt))
     with pytest.raises(ValueError, match="weights has 2 entries"):
         gradient_difference(model, objective, space, z, zt, weights=torch.ones(2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Amortized curvature (gsmu.mu.curvature): the factorization against autograd's dense Hessian
+
+
+def _autograd_hessian(model, objective, x, y):
+    space = ParamSpace(model)
+    return torch.autograd.functional.hessian(_total_loss(model, space, objective, x, y), space.flat(model))
+
+
+def _linear_problems():
+    torch.manual_seed(1)
+    x = torch.randn(50, 6, dtype=torch.float64)
+    multi = (nn.Linear(6, 4).double(), Objective(l2=0.2), torch.randint(0, 4, (50,)))
+    binary = (nn.Sequential(nn.Linear(6, 1), nn.Flatten(0)).double(),
+              Objective(criterion=binary_cross_entropy_sum, l2=0.5), torch.randint(0, 2, (50,)))
+    no_bias = (nn.Linear(6, 3, bias=False).double(), Objective(l2=0.1), torch.randint(0, 3, (50,)))
+    return x, [multi, binary, no_bias]
+
+
+@pytest.mark.parametrize("method", ["cholesky", "eigh"])
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_factorized_solve_matches_dense_autograd_hessian(method, damping):
+    x, problems = _linear_problems()
+    for model, objective, y in problems:
+        hessian = _autograd_hessian(model, objective, x, y)
+        fact = Factorization.build(model, objective, (x, y), method=method, damping=damping, batch_size=16)
+        assert fact.cost.route == "kronecker" and fact.cost.hvps == 0
+        b = torch.randn(len(hessian), dtype=torch.float64)
+        expected = torch.linalg.solve(hessian + damping * torch.eye(len(hessian), dtype=torch.float64), b)
+        torch.testing.assert_close(fact.solve(b, damping), expected, rtol=1e-9, atol=1e-10)
+        got, stats = Factorized(fact, damping).solve(Curvature(model, objective, ParamSpace(model), (x, y)), b)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+        assert stats.solver == "factorized" and stats.hvps == 0 and stats.residual < 1e-12
+
+
+def test_factorized_hvp_route_matches_autograd_on_a_nonlinear_model(problem):
+    model, x, y = problem
+    objective = Objective(l2=0.5)
+    hessian = _autograd_hessian(model, objective, x, y)
+    shift = max(0.0, -float(torch.linalg.eigvalsh(hessian).min())) + 1.0  # make H + shift·I definite
+    fact = Factorization.build(model, objective, (x, y), method="eigh")
+    assert fact.cost.route == "hvp" and fact.cost.hvps == ParamSpace(model).dim
+    b = torch.randn(len(hessian), dtype=torch.float64)
+    expected = torch.linalg.solve(hessian + shift * torch.eye(len(hessian), dtype=torch.float64), b)
+    torch.testing.assert_close(fact.solve(b, shift), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_damping_change_reuses_the_eigendecomposition():
+    x, problems = _linear_problems()
+    model, objective, y = problems[0]
+    fact = Factorization.build(model, objective, (x, y), method="eigh")
+    vectors = fact.eigenvectors
+    b = torch.randn(fact.dim, dtype=torch.float64)
+    for damping in (0.0, 0.7, 3.0):
+        fresh = Exact(damping).solve(_autograd_hessian(model, objective, x, y), b)[0]
+        torch.testing.assert_close(fact.solve(b, damping), fresh, rtol=1e-9, atol=1e-10)
+    assert fact.eigenvectors is vectors  # no new decomposition
+    chol = Factorization.build(model, objective, (x, y), method="cholesky")
+    torch.testing.assert_close(chol.solve(b, 0.7), fact.solve(b, 0.7), rtol=1e-9, atol=1e-10)
+
+
+def test_factorization_rejects_another_model_and_bad_damping():
+    x, problems = _linear_problems()
+    (model, objective, y), (other, other_objective, y2) = problems[0], problems[1]
+    solver = Factorized.build(model, objective, (x, y))
+    b_other = torch.randn(ParamSpace(other).dim, dtype=torch.float64)
+    with pytest.raises(ValueError, match="another model"):
+        solver.solve(Curvature(other, other_objective, ParamSpace(other), (x, y2)), b_other)
+    with pytest.raises(ValueError, match="another model"):
+        solver.factorization.solve(b_other)
+    moved = nn.Linear(6, 4).double()  # same shapes, other values
+    with pytest.raises(ValueError, match="other parameter values"):
+        solver.solve(Curvature(moved, objective, ParamSpace(moved), (x, y)), torch.ones(solver.factorization.dim,
+                                                                                         dtype=torch.float64))
+    with pytest.raises(ValueError, match="other data"):
+        solver.solve(Curvature(model, objective, ParamSpace(model), (x + 1, y)),
+                     torch.ones(solver.factorization.dim, dtype=torch.float64))
+    with pytest.raises(ValueError, match="damping=-1"):
+        solver.factorization.solve(torch.ones(solver.factorization.dim, dtype=torch.float64), damping=-1.0)
+    with pytest.raises(ValueError, match="damping=-0.5"):
+        Factorized(solver.factorization, damping=-0.5)
+    with pytest.raises(ValueError, match="method"):
+        Factorization.build(model, objective, (x, y), method="lu")
+    with pytest.raises(TypeError, match="Factorization"):
+        Factorized("not a factorization")
+
+
+def test_cholesky_of_an_indefinite_hessian_raises_and_eigh_needs_damping(problem):
+    model, x, y = problem
+    objective = Objective()
+    if float(torch.linalg.eigvalsh(_autograd_hessian(model, objective, x, y)).min()) >= 0:
+        pytest.skip("the random MLP's Hessian happens to be definite")
+    with pytest.raises(ValueError, match="not positive definite"):
+        Factorization.build(model, objective, (x, y), method="cholesky")
+    fact = Factorization.build(model, objective, (x, y), method="eigh")
+    with pytest.raises(ValueError, match="not positive"):
+        fact.solve(torch.ones(fact.dim, dtype=torch.float64))
+
+
+def test_load_drebin_reads_and_verifies_the_mirror(tmp_path):
+    import hashlib
+    import json
+
+    import numpy as np
+    import scipy.sparse
+    folder = tmp_path / "unlearning-authors" / "Drebin"
+    folder.mkdir(parents=True)
+    x = scipy.sparse.csr_matrix(np.array([[1, 0, 2], [0, 0, 1]]))
+    scipy.sparse.save_npz(folder / "x_train.npz", x)
+    np.save(folder / "y_train.npy", np.array([-1, 1]))
+    (folder / "vocabulary.json").write_text(json.dumps(["a", "url::b", "c"]))
+    (folder / "relevant_features.txt").write_text("url::b\n")
+    sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./unlearning-authors/Drebin/{p.name}"
+            for p in sorted(folder.iterdir())]
+    (tmp_path / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    got, labels, vocabulary, relevant = load_drebin("train", mirror=tmp_path)
+    assert (got != x).nnz == 0 and labels.tolist() == [0, 1]
+    assert vocabulary == ["a", "url::b", "c"] and relevant == ["url::b"]
+    (folder / "relevant_features.txt").write_text("tampered\n")
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_drebin("train", mirror=tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        load_drebin("valid", mirror=tmp_path)

@@ -8,7 +8,8 @@ from torch import nn
 
 from gsmu.base import train
 from gsmu.mu.influence import CG, Exact, LiSSA, Objective, SolveStats, binary_cross_entropy_sum, gradient_residual
-from gsmu.mu.unlearn import (Request, SecondOrder, Sisa, UpdateResult, accuracy, apply_request, best_first_order,
+from gsmu.mu.unlearn import (Factorization, Factorized, Request, SecondOrder, Sisa, UpdateResult, accuracy,
+                             apply_request, best_first_order,
                              certified_run, certify_constant, certifying_sigma, compare_methods, concat,
                              example_losses, first_order, first_order_sweep, fix_labels, fit_lbfgs, fine_tune,
                              is_certified, param_distance, perturbation, relabel, remove_features, remove_rows,
@@ -501,3 +502,42 @@ def test_bad_request_shapes_and_update_options_raise_clear_errors(logreg):
         SecondOrder(curvature="fisher")
     with pytest.raises(ValueError, match="every row"):
         fine_tune(model, objective, remove_rows(x, y, [1]), lr=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Amortized curvature: one factorization answers request after request
+
+
+def test_one_factorization_serves_two_requests_like_fresh_exact_updates(logreg):
+    model, objective, x, y = logreg
+    solver = Factorized.build(model, objective, (x, y))
+    requests = [fix_labels(x, y, 1 - y, rows=[3, 17, 40], num_classes=2),
+                remove_features(x, y, [1], rows=list(range(0, 200, 7)))]
+    for request in requests:
+        fresh, _ = second_order(model, objective, request, (x, y), solver=Exact())
+        reused, record = second_order(model, objective, request, (x, y), solver=solver)
+        torch.testing.assert_close(_flat(reused), _flat(fresh), rtol=1e-10, atol=1e-12)
+        assert record.hvps == 0 and record.hvp_evals == 0 and record.residual < 1e-12
+        assert record.grad_evals == request.grad_evals and record.solves[0].solver == "factorized"
+
+
+def test_factorized_update_with_damping_matches_the_damped_exact_update(logreg):
+    model, objective, x, y = logreg
+    fact = Factorization.build(model, objective, (x, y), method="eigh")
+    request = fix_labels(x, y, 1 - y, rows=[5, 6], num_classes=2)
+    for damping in (0.0, 2.0):
+        fresh, _ = second_order(model, objective, request, (x, y), solver=Exact(damping))
+        reused, _ = second_order(model, objective, request, (x, y), solver=Factorized(fact, damping))
+        torch.testing.assert_close(_flat(reused), _flat(fresh), rtol=1e-10, atol=1e-12)
+
+
+def test_factorized_update_refuses_what_it_did_not_factorize(logreg):
+    model, objective, x, y = logreg
+    solver = Factorized.build(model, objective, (x, y))
+    request = fix_labels(x, y, 1 - y, rows=[3, 17], num_classes=2)
+    with pytest.raises(ValueError, match="other data"):
+        second_order(model, objective, request, (x, y), solver=solver, settings=SecondOrder(hessian="corrected"))
+    with pytest.raises(ValueError, match="other parameter values"):
+        second_order(model, objective, request, (x, y), solver=solver, steps=2)
+    with pytest.raises(ValueError, match="subsample"):
+        second_order(model, objective, request, (x, y), solver=solver, settings=SecondOrder(hessian_rows=50))

@@ -32,7 +32,11 @@ from ..base.runtime import check_choice, get_device
 from .influence import (CG, Batch, Curvature, Exact, LiSSA, Objective, ParamSpace, Solver, SolveStats, device_of,
                         get_solver, gradient_difference, gradient_residual, loss_gradient, value_and_gradient)
 
-# CG, Exact, LiSSA, Solver and SolveStats are re-exported: `unlearn.second_order(..., solver=unlearn.CG(...))`.
+from .curvature import Factorization, Factorized
+
+# CG, Exact, LiSSA, Solver and SolveStats are re-exported: `unlearn.second_order(..., solver=unlearn.CG(...))`;
+# so are Factorization and Factorized: `solver = unlearn.Factorized.build(model, objective, data)` once per
+# trained model, then `second_order(..., solver=solver)` for every request (a solve each, no HVP).
 
 
 # --------------------------------------------------------------------------------------------------------
