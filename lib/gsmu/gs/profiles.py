@@ -63,10 +63,12 @@ class Manipulation(Experiment):
 @dataclass(frozen=True)
 class AlphaSweep(Experiment):
     """03: the α trade-off (GS paper's α ablation on MNIST)."""
-    alphas: tuple[float, ...] = (0.05, 0.8, 0.99)
+    alphas: tuple[float, ...] = (0.05, 0.8)
     n_fvs: int = 8
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": dict(alphas=(0.05, 0.8, 0.99), n_fvs=8),
+        # quick: the two ends that fit the CPU budget (α 0.8 is notebook 02's model, from the cache); α 0.99
+        # (nothing lands within the quick budget) cost another 1500 steps
+        "quick": dict(alphas=(0.05, 0.8), n_fvs=8),
         "paper": dict(alphas=(1e-3, 5e-3, 1e-2, 0.05, 0.2, 0.5, 0.7, 0.8, 0.9, 0.99), n_fvs=100),
     }
 
