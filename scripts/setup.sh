@@ -13,7 +13,8 @@ want=$(sha256sum pyproject.toml | cut -c1-64)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing pinned dependencies into .venv"
     # pip's notes about missing local index folders are noise here; real errors still stop the script.
-    .venv/bin/python -m pip install -q -e . 2> >(grep -v "^WARNING: Location" >&2)
+    # runtime pins plus the extras the two commands need: run (papermill, Dask), test (pytest, nbval), site
+    .venv/bin/python -m pip install -q -e ".[run,test,site]" 2> >(grep -v "^WARNING: Location" >&2)
     echo "$want" > "$stamp"
 fi
 .venv/bin/python -m gsmu.base.data > /dev/null
