@@ -259,8 +259,9 @@ def load_images(source: str, shape: tuple[int, int, int], limit: int) -> tuple[t
 @dataclass
 class Settings:
     """AM budget and audit threshold. The defaults keep torchvision's resnet18 at 3×64×64, 10 units, under two
-    minutes on two CPU cores (about 130 CPU-seconds measured). A slingshot pulls AM along a long path (the
-    paper's budget is 200 steps), so raise `steps` for an audit that matters."""
+    minutes on two CPU cores (153 CPU-seconds measured: about 80-100 s of wall time on two idle cores). A
+    slingshot pulls AM along a long path (the paper's budget is 200 steps): raise `steps` for an audit
+    that matters."""
     steps: int = 20
     inits: int = 1
     lr: float = 0.05
