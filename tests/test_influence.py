@@ -460,3 +460,16 @@ def test_load_drebin_reads_and_verifies_the_mirror(tmp_path):
         load_drebin("train", mirror=tmp_path)
     with pytest.raises(ValueError, match="split"):
         load_drebin("valid", mirror=tmp_path)
+
+
+def test_factorization_of_sparse_counts_matches_autograd():
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.rand(120, 40, generator=gen) < 0.03).double() * 2  # 3 % non-zero: the sparse product route
+    y = torch.randint(0, 2, (120,), generator=gen)
+    model = nn.Sequential(nn.Linear(40, 1), nn.Flatten(0)).double()
+    objective = Objective(criterion=binary_cross_entropy_sum, l2=0.5)
+    fact = Factorization.build(model, objective, (x, y), batch_size=50)
+    assert fact.cost.hessian_macs < 120 * 41 * 41  # counted over the non-zeros only
+    b = torch.randn(fact.dim, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(fact.solve(b), torch.linalg.solve(_autograd_hessian(model, objective, x, y), b),
+                               rtol=1e-9, atol=1e-10)

@@ -105,15 +105,20 @@ def _linear_hessian(model: nn.Module, objective: Objective, space: ParamSpace, l
     with torch.no_grad():
         for x, y in _chunks(data, batch_size, device):
             out = objective.outputs(model, x)
-            s = _output_hessians(objective, out.detach(), y, classes).to(torch.float64).cpu()
-            xt = x.reshape(len(x), -1).to(torch.float64).cpu()
+            # Products in the data's precision (float32 data: float32 within a chunk, float64 across chunks).
+            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            s = _output_hessians(objective, out.detach(), y, classes).to(dtype).cpu()
+            xt = x.reshape(len(x), -1).to(dtype).cpu()
             if bias:
-                xt = torch.cat([xt, torch.ones(len(xt), 1, dtype=torch.float64)], 1)
+                xt = torch.cat([xt, torch.ones(len(xt), 1, dtype=dtype)], 1)
+            nonzero = int((xt != 0).sum())
+            sparse = xt.to_sparse() if nonzero < 0.05 * xt.numel() else None  # e.g. Drebin's counts
             for c in range(classes):
                 # One product for the blocks (c, c…C−1): x̃ᵀ [s_{c,d} x̃]_d.
                 scaled = (s[:, c, c:, None] * xt[:, None, :]).reshape(len(xt), -1)
-                blocks[c, c:] += (xt.T @ scaled).reshape(width, classes - c, width).permute(1, 0, 2)
-                macs += len(xt) * width * width * (classes - c)
+                product = xt.T @ scaled if sparse is None else torch.sparse.mm(sparse.t(), scaled)
+                blocks[c, c:] += product.to(torch.float64).reshape(width, classes - c, width).permute(1, 0, 2)
+                macs += (len(xt) * width if sparse is None else nonzero) * width * (classes - c)
     for c in range(classes):
         for d in range(c + 1, classes):
             blocks[d, c] = blocks[c, d].T
@@ -124,10 +129,9 @@ def _linear_hessian(model: nn.Module, objective: Objective, space: ParamSpace, l
     if bias:
         bias_name = next(n for n in space.names if n.endswith("bias"))
         pos = torch.cat([pos, offsets[bias_name] + torch.arange(classes)[:, None]], 1)
-    pos = pos.reshape(-1)
+    order = torch.argsort(pos.reshape(-1))  # kron row of each flat coordinate
     kron = blocks.permute(0, 2, 1, 3).reshape(classes * width, classes * width)
-    h = torch.empty(space.dim, space.dim, dtype=torch.float64)
-    h[pos[:, None], pos[None, :]] = kron
+    h = kron.index_select(0, order).index_select(1, order)
     h.diagonal().add_(objective.l2)
     return h, macs
 
@@ -237,6 +241,11 @@ class Factorization:
         else:
             out = self._h @ v64 + damping * v64
         return out.to(v)
+
+    @property
+    def matvec_macs(self) -> float:
+        """Multiply-accumulates of one product with H + d·I (the residual check of each solve)."""
+        return float(self.dim ** 2) * (2 if self.method == "eigh" else 1)
 
     @property
     def solve_macs(self) -> float:
