@@ -121,6 +121,7 @@ def test_without_images_report_says_audit_skipped(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("change,message", [
     ({"--model": "torchvision:resnet19"}, "Did you mean ['resnet18'"),
     ({"--model": "nonexistent.py:Net"}, "not an existing .py file"),
+    ({"--model": "no_such_package.models:Net"}, "cannot import module 'no_such_package.models'"),
     ({"--model": "resnet18"}, "torchvision:NAME"),
     ({"--layer": "outt"}, "Did you mean ['out'"),
     ({"--units": "0-3"}, "unit(s) [3] out of range; layer 'out' has 3 units"),
@@ -135,6 +136,12 @@ def test_bad_inputs_give_their_message(tiny, tmp_path, capsys, change, message):
     code, out, err = run(tiny_args(tiny, tmp_path / "o", **change), capsys)
     assert code == 2 and message in err, err
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_importable_module_class(tmp_path):
+    model, prefix = audit.prepare_model("gsmu.base.models:MnistCNN", None, "auto")
+    assert prefix == ""  # MnistCNN normalizes its input itself: no wrapper
+    assert audit.check_layer_and_units(model, prefix, "out", list(range(10)), (1, 28, 28)) == 10
 
 
 def test_class_missing_from_module(tiny, tmp_path, capsys):

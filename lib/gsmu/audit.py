@@ -3,6 +3,8 @@
     python -m gsmu.audit --model torchvision:resnet18 [--weights FILE] --layer fc --units 0-9 \\
         [--images DIR | mnist | cifar10] --out report/
     python -m gsmu.audit --model path/to/module.py:ClassName --weights model.pt --layer out --units 0-9 ...
+    python -m gsmu.audit --model gsmu.base.models:MnistCNN --weights CHECKPOINT.pt --layer out --units 0-9 \
+        --images mnist --input-shape 1,28,28 --steps 200 --out report/
 
 Runs several activation-maximization (AM) methods on each unit — pixel and Fourier parameterization, Adam
 with and without gradient clipping and random transforms — and, when natural images are given, the
@@ -20,6 +22,7 @@ import argparse
 import base64
 import difflib
 import html
+import importlib
 import importlib.util
 import io
 import json
@@ -99,10 +102,11 @@ class Normalized(nn.Module):
 
 
 def build_model(spec: str) -> nn.Module:
-    """`torchvision:NAME` (random init) or `path/to/module.py:ClassName` (constructed without arguments)."""
+    """`torchvision:NAME` (random init), `path/to/module.py:ClassName` or `package.module:ClassName` (the class
+    is constructed without arguments)."""
     if ":" not in spec:
-        raise AuditError(f"--model {spec!r}: write 'torchvision:NAME' (e.g. torchvision:resnet18) or "
-                         "'path/to/module.py:ClassName'.")
+        raise AuditError(f"--model {spec!r}: write 'torchvision:NAME' (e.g. torchvision:resnet18), "
+                         "'path/to/module.py:ClassName' or 'package.module:ClassName'.")
     source, name = spec.rsplit(":", 1)
     if source == "torchvision":
         import torchvision
@@ -113,15 +117,22 @@ def build_model(spec: str) -> nn.Module:
             raise AuditError(f"--model {spec!r}: torchvision has no classification model {name!r}.{hint}")
         return torchvision.models.get_model(name, weights=None)
     path = Path(source)
-    if path.suffix != ".py" or not path.is_file():
+    if path.suffix != ".py":  # an importable module, e.g. gsmu.base.models:MnistCNN
+        try:
+            module = importlib.import_module(source)
+        except Exception as e:
+            raise AuditError(f"--model {spec!r}: cannot import module {source!r} ({type(e).__name__}: {e}); give "
+                             "'package.module:ClassName', 'path/to/module.py:ClassName' or 'torchvision:NAME'.") from e
+    elif not path.is_file():
         raise AuditError(f"--model {spec!r}: {source!r} is not an existing .py file; give "
                          "'path/to/module.py:ClassName' or 'torchvision:NAME'.")
-    module_spec = importlib.util.spec_from_file_location(f"_audit_user_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except Exception as e:
-        raise AuditError(f"--model {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from e
+    else:
+        module_spec = importlib.util.spec_from_file_location(f"_audit_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as e:
+            raise AuditError(f"--model {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from e
     cls = getattr(module, name, None)
     if cls is None:
         classes = [k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)]
@@ -419,7 +430,8 @@ img.nat{{margin:1px}}</style></head><body>
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gsmu.audit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="torchvision:NAME or path/to/module.py:ClassName")
+    p.add_argument("--model", required=True,
+                   help="torchvision:NAME, path/to/module.py:ClassName or package.module:ClassName")
     p.add_argument("--weights", help="state dict saved with torch.save (loaded with weights_only=True)")
     p.add_argument("--layer", required=True, help="named_modules() path of the layer, e.g. fc or layer4")
     p.add_argument("--units", required=True, help="unit indices: '0-9', '3', '0,2,5-7'")
