@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -303,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--l2", type=float, default=None, help="λ of λ/2‖θ‖² (default 1.0, or the model file's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the loss perturbation b")
     args = p.parse_args(argv)
+    # torch's forward-mode AD (the Hessian-vector products) loads its decompositions with torch.jit.script,
+    # which warns about its own deprecation: noise for a user of this command
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     try:
         result = run(args)
     except ForgetError as e:
