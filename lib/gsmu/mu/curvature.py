@@ -112,7 +112,7 @@ def _linear_hessian(model: nn.Module, objective: Objective, space: ParamSpace, l
             if bias:
                 xt = torch.cat([xt, torch.ones(len(xt), 1, dtype=dtype)], 1)
             nonzero = int((xt != 0).sum())
-            sparse = xt.to_sparse() if nonzero < 0.05 * xt.numel() else None  # e.g. Drebin's counts
+            sparse = xt.to_sparse() if nonzero < 0.1 * xt.numel() else None  # e.g. Drebin's counts
             for c in range(classes):
                 # One product for the blocks (c, c…C−1): x̃ᵀ [s_{c,d} x̃]_d.
                 scaled = (s[:, c, c:, None] * xt[:, None, :]).reshape(len(xt), -1)
