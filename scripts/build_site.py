@@ -50,7 +50,8 @@ def claims_markdown(summary_file: Path) -> tuple[str, int]:
     hw = summary.get("hardware", {})
     head = (f"Profile `{summary.get('profile')}`, commit `{str(summary.get('commit', ''))[:12]}`, run started "
             f"{summary.get('started')}, {summary.get('seconds', 0):.0f} s"
-            + (f" on {hw.get('cpu', '')} ({hw.get('cores', '?')} cores)" if hw else "") + ".")
+            + (f" on {hw.get('cpu', '')} ({hw.get('cores', '?')} cores)" if hw else "")
+            + (f", GPU {hw['gpu']}" if hw.get("gpu") else "") + ".")
     return head + "\n\n" + (markdown_tables(claims) if claims else "_No claims recorded._") + "\n", len(claims)
 
 
