@@ -95,20 +95,32 @@ def test_local_cluster_runs_the_seeds_and_aggregates(local_run):
     assert "without encryption" not in proc.stdout + proc.stderr
 
 
-def test_finished_jobs_are_skipped_and_force_reruns(local_run, tmp_path):
+def in_process(monkeypatch, capsys, results: Path, *args: str) -> tuple[int, str, str]:
+    """The runner's main() in this process (for runs that start no cluster: fast)."""
+    monkeypatch.setenv("REPRO_COMMIT", ENV["REPRO_COMMIT"])
+    code = runner.main(["--notebooks", str(DATA), "--results", str(results), *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_finished_jobs_are_skipped_and_force_reruns(local_run, tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     shutil.copytree(local_run[0], results)
     stamps = {p: p.stat().st_mtime_ns for p in results.glob("runs/*/*/job.json")}
-    proc = run(results, "--workers", "1", "--grid", "seed=0,1,2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 already passed (skipped), 0 to run" in proc.stdout
+    code, out, err = in_process(monkeypatch, capsys, results, "--grid", "seed=0,1,2")
+    assert code == 0, out + err
+    assert "3 already passed (skipped), 0 to run" in out
     assert {p: p.stat().st_mtime_ns for p in results.glob("runs/*/*/job.json")} == stamps
     assert_three_seeds(results)
-    proc = run(results, "--workers", "1", "--grid", "seed=2", "--force")
-    assert proc.returncode == 0 and "0 already passed (skipped), 1 to run" in proc.stdout, proc.stdout + proc.stderr
+    code, out, err = in_process(monkeypatch, capsys, results, "--grid", "seed=0,1,2", "--force", "--summary-only")
+    assert code == 0 and "0 already passed (skipped), 3 to run" in out, out + err
+    monkeypatch.setenv("REPRO_COMMIT", "another-commit")  # new code: new keys, nothing done yet
+    runner.main(["--notebooks", str(DATA), "--results", str(results), "--summary-only"])
+    assert "0 already passed (skipped), 3 to run" in capsys.readouterr().out
+    assert [j["error"] for j in summary(results)["jobs"]] == ["not run"] * 3
 
 
-def test_corrupt_files_are_reported_not_fatal(local_run, tmp_path):
+def test_corrupt_files_are_reported_not_fatal(local_run, tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     shutil.copytree(local_run[0], results)
     infos = job_infos(results)
@@ -116,32 +128,12 @@ def test_corrupt_files_are_reported_not_fatal(local_run, tmp_path):
     (folder(0) / "claims" / "runner_seeded.json").write_text('{"runner_test.seed_plus_one": {"id": ')  # truncated
     (folder(1) / "job.json").write_text("{")  # a job.json cut short: the job is not complete
     (results / "summary.json").write_text("[")
-    proc = run(results, "--summary-only", "--grid", "seed=0,1,2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "unreadable claims" in proc.stderr and "no complete job.json" in proc.stderr
+    code, out, err = in_process(monkeypatch, capsys, results, "--summary-only", "--grid", "seed=0,1,2")
+    assert code == 0, out + err
+    assert "unreadable claims" in err and "no complete job.json" in err
     s = summary(results)  # rebuilt
     assert [j["status"] for j in s["jobs"]] == ["incomplete", "incomplete", "passed"]
     assert the_claim(s)["ours"]["values"] == [3.0]
-
-
-def test_failing_job_fails_alone_and_is_named(tmp_path):
-    results = tmp_path / "results"
-    proc = run(results, "--workers", "2", "--grid", "seed=1", "--grid", "fail=False,True")
-    assert proc.returncode == 1
-    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 1 and "fail=True" in failed[0] and "failing on purpose" in failed[0], proc.stderr
-    s = summary(results)
-    assert sorted(j["status"] for j in s["jobs"]) == ["failed", "passed"]
-    for j in s["jobs"]:
-        executed = results / j["executed"]
-        assert executed.exists()
-        if j["status"] == "failed":  # the executed notebook shows the error
-            errors = [o for c in nbformat.read(executed, 4).cells for o in c.get("outputs", [])
-                      if o.get("output_type") == "error"]
-            assert errors and "failing on purpose" in errors[0]["evalue"]
-    # a grid over more than seeds keeps the settings apart: one claim per value of `fail`, over the seeds
-    assert the_claim(s, "runner_test.seed_plus_one.fail_false")["ours"]["values"] == [2.0]
-    assert [c["id"] for c in s["claims"]] == ["runner_test.seed_plus_one.fail_false"]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +173,26 @@ def test_scheduler_and_workers_as_separate_processes(dask_cluster, tmp_path):
     assert f"scheduler {address}" in proc.stdout
     assert_three_seeds(results)
     assert {i["pid"] for i in job_infos(results).values()} <= set(workers)
+
+
+def test_failing_job_fails_alone_and_is_named(dask_cluster, tmp_path):
+    results = tmp_path / "results"
+    proc = run(results, "--scheduler", dask_cluster[0], "--grid", "seed=1", "--grid", "fail=False,True")
+    assert proc.returncode == 1
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "fail=True" in failed[0] and "failing on purpose" in failed[0], proc.stderr
+    s = summary(results)
+    assert sorted(j["status"] for j in s["jobs"]) == ["failed", "passed"]
+    for j in s["jobs"]:
+        executed = results / j["executed"]
+        assert executed.exists()
+        if j["status"] == "failed":  # the executed notebook shows the error
+            errors = [o for c in nbformat.read(executed, 4).cells for o in c.get("outputs", [])
+                      if o.get("output_type") == "error"]
+            assert errors and "failing on purpose" in errors[0]["evalue"]
+    # a grid over more than seeds keeps the settings apart: one claim per value of `fail`, over the seeds
+    assert the_claim(s, "runner_test.seed_plus_one.fail_false")["ours"]["values"] == [2.0]
+    assert [c["id"] for c in s["claims"]] == ["runner_test.seed_plus_one.fail_false"]
 
 
 def test_worker_killed_mid_job_is_retried_on_the_other(dask_cluster, tmp_path):

@@ -546,8 +546,8 @@ def main(argv: list[str] | None = None) -> int:
 
     todo = [j for j in jobs if args.force or (read_job(j.out) or {}).get("status") != "passed"]
     print(f"[run] profile {args.profile}, commit {commit[:12]}: {len(jobs)} job(s) in {len(args.books)} "
-          f"notebook(s), {len(jobs) - len(todo)} already passed (skipped), {len(todo)} to run -> {results}",
-          flush=True)
+          f"notebook(s), {len(jobs) - len(todo)} already passed (skipped), {len(todo)} to run -> {results}"
+          + (" (--summary-only: nothing runs)" if args.summary_only else ""), flush=True)
     outcomes, engine, code = {}, [], 0
     if todo and not args.summary_only:
         results.mkdir(parents=True, exist_ok=True)
