@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
+# The results site's browser test needs Chromium (Debian's package): installed here when we may (root + apt).
+if ! command -v chromium > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    echo "[setup] installing chromium for the site's browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } > /dev/null 2>&1 \
+        || echo "[setup] could not install chromium: tests/test_site.py will skip its browser checks"
+fi
 # One CPU thread unless told otherwise: torch with 2 threads on a busy 2-core machine was measured 16x slower.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export TQDM_DISABLE=1                                    # no progress-bar fragments in notebook outputs
