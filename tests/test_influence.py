@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gsmu.mu.curvature import Factorization, Factorized, load_drebin
+from gsmu.mu.curvature import Factorization, Factorized, Nystrom, load_drebin
 from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, SolveStats,
                                binary_cross_entropy_sum, conjugate_gradient, get_solver, gradient_difference, gradient_residual, lissa,
                                loss_gradient, solve_exact, top_eigenvalue)
@@ -473,3 +473,37 @@ def test_factorization_of_sparse_counts_matches_autograd():
     b = torch.randn(fact.dim, dtype=torch.float64, generator=gen)
     torch.testing.assert_close(fact.solve(b), torch.linalg.solve(_autograd_hessian(model, objective, x, y), b),
                                rtol=1e-9, atol=1e-10)
+
+
+def test_nystrom_preconditioned_cg_solves_the_same_system_in_fewer_iterations():
+    gen = torch.Generator().manual_seed(4)
+    q = torch.linalg.qr(torch.randn(120, 120, generator=gen, dtype=torch.float64))[0]
+    matrix = q @ torch.diag(torch.logspace(4, 0, 120, dtype=torch.float64)) @ q.T  # condition 10⁴
+    b = torch.randn(120, generator=gen, dtype=torch.float64)
+    expected = torch.linalg.solve(matrix + 0.5 * torch.eye(120, dtype=torch.float64), b)
+    plain_x, plain = CG(damping=0.5, tol=1e-10, max_iter=1000).solve(matrix, b)
+    pre = Nystrom(lambda v: matrix @ v, 120, 40, damping=0.5, generator=torch.Generator().manual_seed(0))
+    assert pre.hvps == 40
+    pcg_x, pcg = CG(damping=0.5, tol=1e-10, max_iter=1000, preconditioner=pre).solve(matrix, b)
+    torch.testing.assert_close(pcg_x, expected, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(plain_x, expected, rtol=1e-7, atol=1e-9)
+    assert pcg.converged and pcg.iterations < plain.iterations / 2
+    full = Nystrom(matrix, 120, 120, damping=0.5, generator=torch.Generator().manual_seed(0))
+    assert CG(damping=0.5, tol=1e-10, preconditioner=full).solve(matrix, b)[1].iterations <= 3
+
+
+def test_nystrom_on_a_curvature_and_bad_arguments(problem):
+    model, x, y = problem
+    objective = Objective(l2=1.0)
+    h = Curvature(model, objective, ParamSpace(model), (x, y), kind="gauss-newton")
+    pre = Nystrom(h, h.dim, 10, generator=torch.Generator().manual_seed(0))
+    assert pre.hvp_evals == 10 * len(x)
+    b = torch.randn(h.dim, dtype=torch.float64)
+    x_pcg, stats = CG(tol=1e-10, max_iter=500, preconditioner=pre).solve(h, b)
+    torch.testing.assert_close(x_pcg, torch.linalg.solve(h.dense(), b), rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="rank"):
+        Nystrom(h, h.dim, h.dim + 1)
+    with pytest.raises(ValueError, match="preconditioner"):
+        CG(preconditioner="nystrom")
+    with pytest.raises(ValueError, match="preconditioner is over"):
+        pre(torch.ones(3, dtype=torch.float64))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
@@ -436,17 +436,22 @@ class Exact(Solver):
 class CG(Solver):
     """Conjugate gradient on `H + damping·I`. Stops when the relative residual ≤ `tol`, after `max_iter`
     iterations, or as soon as a search direction has non-positive curvature (H is not positive definite
-    there: the iterate so far is returned with `negative_curvature` set — add damping or use Gauss-Newton)."""
+    there: the iterate so far is returned with `negative_curvature` set — add damping or use Gauss-Newton).
+    `preconditioner`: a symmetric positive definite map r ↦ M⁻¹r (e.g. `gsmu.mu.curvature.Nystrom`, built
+    once per model); the tolerance stays on the unpreconditioned residual ‖b − (H + damping·I)x‖/‖b‖."""
 
     damping: float = 0.0
     tol: float = 1e-6
     max_iter: int = 200
+    preconditioner: Callable[[Tensor], Tensor] | None = field(default=None, compare=False, repr=False)
     name: ClassVar[str] = "cg"
 
     def __post_init__(self) -> None:
         _check_damping(self.damping)
         _check_tol(self.tol)
         _check_max_iter(self.max_iter)
+        if self.preconditioner is not None and not callable(self.preconditioner):
+            raise ValueError(f"preconditioner must be a callable r -> M⁻¹ r; got {type(self.preconditioner).__name__}.")
 
     def solve(self, h: Operator, b: Tensor, *,
               generator: torch.Generator | None = None) -> tuple[Tensor, SolveStats]:
@@ -454,10 +459,13 @@ class CG(Solver):
         start, matvec = time.perf_counter(), _Counted(h)
         x = torch.zeros_like(b)
         r = b.clone()
-        p = r.clone()
-        rr = r @ r
+        precondition = self.preconditioner
+        z = r if precondition is None else precondition(r)
+        p = z.clone()
+        rz = r @ z
         b_norm = float(b.norm()) or 1.0
-        residual, iterations, negative = float(rr.sqrt()) / b_norm, 0, False
+        # ‖r‖ from r·z without a preconditioner (z = r): the same arithmetic as plain CG always had.
+        residual, iterations, negative = float((rz if precondition is None else r @ r).sqrt()) / b_norm, 0, False
         for it in range(1, self.max_iter + 1):
             if residual <= self.tol:
                 break
@@ -466,13 +474,14 @@ class CG(Solver):
             if curv <= 0:
                 negative = True
                 break
-            alpha = rr / curv
+            alpha = rz / curv
             x = x + alpha * p
             r = r - alpha * ap
-            rr_new = r @ r
-            p = r + (rr_new / rr) * p
-            rr = rr_new
-            iterations, residual = it, float(rr.sqrt()) / b_norm
+            z = r if precondition is None else precondition(r)
+            rz_new = r @ z
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+            iterations, residual = it, float((rz if precondition is None else r @ r).sqrt()) / b_norm
         return x, SolveStats(self.name, iterations, residual, residual <= self.tol, negative, matvec.calls,
                              time.perf_counter() - start, self.damping)
 
