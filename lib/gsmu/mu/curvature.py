@@ -162,6 +162,7 @@ class Factorization:
         start = time.perf_counter()
         self._h: Tensor | None = None
         self._chol: tuple[float, Tensor] | None = None
+        self._cast: dict[torch.dtype, tuple[Tensor, ...]] = {}
         if method == "eigh":
             self.eigenvalues, self.eigenvectors = torch.linalg.eigh(matrix)
             factor_macs = 4.0 * self.dim ** 3 / 3 + self.dim ** 3  # tridiagonalization + eigenvectors (about)
@@ -230,17 +231,25 @@ class Factorization:
                                  f"definite; raise the damping.")
             x = self.eigenvectors @ ((self.eigenvectors.T @ rhs) / shifted)
         else:
-            factor = self._cholesky(damping)
-            x = torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+            factor = self._cholesky(damping)  # two triangular solves (torch.cholesky_solve copies the factor)
+            half = torch.linalg.solve_triangular(factor, rhs[:, None], upper=False)
+            x = torch.linalg.solve_triangular(factor.T, half, upper=True)[:, 0]
         return x.to(b)
 
     def matvec(self, v: Tensor, damping: float = 0.0) -> Tensor:
-        """(H + damping·I) v from the factorization (for residuals)."""
-        v64 = v.detach().to("cpu", torch.float64)
+        """(H + damping·I) v from the kept H or eigendecomposition, in v's precision (as the model's own HVP;
+        the copy in that precision is kept: a float32 residual check reads half the memory)."""
+        w = v.detach().cpu()
+        dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float64
+        if dtype not in self._cast:
+            self._cast[dtype] = ((self.eigenvectors.to(dtype), self.eigenvalues.to(dtype)) if self.method == "eigh"
+                                 else (self._h.to(dtype),))
+        w = w.to(dtype)
         if self.method == "eigh":
-            out = self.eigenvectors @ ((self.eigenvalues + damping) * (self.eigenvectors.T @ v64))
+            vectors, values = self._cast[dtype]
+            out = vectors @ ((values + damping) * (vectors.T @ w))
         else:
-            out = self._h @ v64 + damping * v64
+            out = self._cast[dtype][0] @ w + damping * w
         return out.to(v)
 
     @property
