@@ -5,7 +5,8 @@ NDSS 2023), Section 4: the gradient difference `G` over affected rows, products 
 total training loss `H = ∇²(Σ ℓ + λ/2‖θ‖²)` (exact, forward-over-reverse with `torch.func`, or the
 positive semi-definite Gauss-Newton matrix `Jᵀ H_out J` from a double vector-Jacobian product), and the
 solvers for `H⁻¹G` as objects (`Exact`, `CG`, `LiSSA`: `solve(h, b) -> (x, SolveStats)`, the same stats for
-every solver; `get_solver` maps the names "exact", "cg", "lissa" to them). Everything acts on a flat vector over a
+every solver; `get_solver` maps the names "exact", "cg", "lissa" to them; CG takes an optional
+preconditioner, and `gsmu.mu.curvature` adds the amortized `Factorized` solver and the `Nystrom` preconditioner). Everything acts on a flat vector over a
 chosen subset of the model's parameters (`ParamSpace`, chosen by name prefixes), for any torch model whose
 loss is a sum over examples (`Objective`); the L2 term is handled in one place so G, H and residuals agree.
 """
