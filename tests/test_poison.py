@@ -8,6 +8,7 @@ from torch import nn
 from gsmu.base import models
 from gsmu.mu import poison, unlearn
 from gsmu.mu.influence import Objective
+from gsmu.mu.profiles import LabelPoisoning
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_label_requests_out_of_range_or_mismatched_fail_clearly(mnist_small):
 
 def _scenario(x, y, model):
     y_bad, rows = poison.flip_labels(y, 0.1, generator=torch.Generator().manual_seed(0))
-    return poison.Scenario("mnist", 0.1, x, y, y_bad, rows, (x, y), (x, y), poison.RECIPES["quick"], 0,
+    return poison.Scenario("mnist", 0.1, x, y, y_bad, rows, (x, y), (x, y), LabelPoisoning.for_profile("quick").recipe, 0,
                            model, model)
 
 
@@ -162,3 +163,25 @@ def test_first_order_sweep_equals_one_update_per_tau(mnist_small):
         _, single = poison.run_method(sc, "first-order", tau=tau, device="cpu")
         assert row["tau"] == tau and row["accuracy"] == single["accuracy"]
         assert row["grad_evals"] == single["grad_evals"]
+
+
+def test_head_update_costs_a_share_of_passes_by_the_counting_rules(mnist_small):
+    torch.manual_seed(0)
+    sc = _scenario(*mnist_small, models.MnistCNN())
+    _, row = poison.run_method(sc, "second-order", subset="head", curvature="gauss-newton", damping=1.0,
+                               max_iter=3, hessian_rows=100)
+    share = poison.subset_share(sc.poisoned, "head", sc.x)
+    hvps = row["grad_evals"] - len(sc.x) - 2 * len(sc.rows)  # what is left after the body forwards and G
+    expected = (2 * len(sc.rows) + 2 * hvps) * share + len(sc.x) / 3 * (1 - share)
+    assert row["passes"] == pytest.approx(expected)
+    assert row["passes"] < row["grad_evals"]  # a head-only HVP is not a full pass
+    _, retrain = poison.run_method(sc, "retraining")
+    assert retrain["passes"] == sc.recipe["epochs"] * len(sc.x)
+
+
+def test_profiles_hold_the_cnn_recipe():
+    quick, paper = LabelPoisoning.for_profile("quick"), LabelPoisoning.for_profile("paper")
+    assert quick.recipe["epochs"] < paper.recipe["epochs"]
+    assert LabelPoisoning.for_profile("quick", epochs=1).recipe["epochs"] == 1
+    with pytest.raises(ValueError, match="no setting"):
+        LabelPoisoning.for_profile("quick", epoch=1)

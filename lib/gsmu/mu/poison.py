@@ -21,19 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from ..base import data, models, train
-from . import unlearn
+from . import cost, unlearn
 from .influence import Curvature, Objective, ParamSpace, gradient_difference, top_eigenvalue
 from ..base.runtime import check_choice, check_profile, check_range, get_device
+from .profiles import LabelPoisoning
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 NUM_CLASSES = 10
 
-# A linearly decayed learning rate ends training near a stationary point (which the influence updates
-# assume) and cut the seed spread of the poisoning gap to ±0.05 points in a prototype here.
-RECIPES = {
-    "quick": dict(epochs=3, batch_size=128, lr=1e-3, optimizer="adam", schedule="linear"),
-    "paper": dict(epochs=30, batch_size=128, lr=1e-3, optimizer="adam", schedule="linear"),
-}
 
 
 def flip_labels(y: Tensor, budget: float, *, generator: torch.Generator,
@@ -116,6 +111,9 @@ class Scenario:
     poisoned: nn.Module
     clean_acc: float = field(init=False)
     poisoned_acc: float = field(init=False)
+    # What the frozen body feeds the head, per subset: computed once, reused by every head update (its
+    # cost stays counted in each update's passes; clear it to time an update from scratch).
+    head_cache: dict = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.clean_acc = unlearn.accuracy(self.clean, *self.test)
@@ -138,10 +136,11 @@ class Scenario:
 
 def make_scenario(dataset: str, budget: float, *, n_train: int, profile: str = "quick", seed: int = 0,
                   n_val: int = 2000, device: str | torch.device | None = None,
-                  progress: bool = False) -> Scenario:
+                  progress: bool = False, recipe: dict | None = None) -> Scenario:
     """The first `n_train` training images of `dataset`, a share `budget` of each class flipped (seeded),
-    and the clean and poisoned CNNs trained on them with the profile's recipe (cached)."""
-    recipe = RECIPES[check_profile(profile)]
+    and the clean and poisoned CNNs trained on them (cached) with `recipe` — by default the profile's
+    (`gsmu.mu.profiles.LabelPoisoning.recipe`)."""
+    recipe = dict(recipe) if recipe is not None else LabelPoisoning.for_profile(check_profile(profile)).recipe
     x, y = load_split(dataset, "train")
     if not (100 <= n_train <= len(x)):
         raise ValueError(f"n_train={n_train} must lie in [100, {len(x)}] (the {dataset} training images).")
@@ -174,15 +173,19 @@ def _solver_stats(record: dict) -> dict:
             "effective_damping": last.get("effective_damping")}
 
 
-def _retrain(scenario: Scenario, device: torch.device) -> tuple[nn.Module, dict]:
-    # Not through the cache: the point is what retraining costs. Same seed and data as the clean model.
+def _retrain(scenario: Scenario, device: torch.device, cached: bool = False) -> tuple[nn.Module, dict]:
+    # Same seed, recipe and data as the clean model: retraining reproduces it. Not through the cache unless
+    # `cached` (then the clean model is returned and the wall time is NaN: time it with `retraining_seconds`).
+    evals = scenario.recipe["epochs"] * len(scenario.x)
+    if cached:
+        return scenario.clean, {"seconds": float("nan"), "grad_evals": evals, "passes": cost.passes(gradients=evals)}
     start = time.perf_counter()
     torch.manual_seed(scenario.seed)
     model = build_model(scenario.dataset)
     train.fit_classifier(model, scenario.x, scenario.y_clean, seed=scenario.seed, device=device,
                          progress=False, **scenario.recipe)
-    return model, {"seconds": time.perf_counter() - start,
-                   "grad_evals": scenario.recipe["epochs"] * len(scenario.x)}
+    evals = scenario.recipe["epochs"] * len(scenario.x)
+    return model, {"seconds": time.perf_counter() - start, "grad_evals": evals, "passes": cost.passes(gradients=evals)}
 
 
 def sisa_ensemble(scenario: Scenario, shards: int, device: str | torch.device | None = None) -> unlearn.Sisa:
@@ -253,24 +256,57 @@ def _unlearn(model: nn.Module, request: unlearn.Request, data: tuple[Tensor, Ten
 def _update(scenario: Scenario, method: str, subset: str, device: torch.device,
             options: dict) -> tuple[nn.Module, dict]:
     if subset == "all":
-        return _unlearn(scenario.poisoned, scenario.request, scenario.poisoned_data, method, device, options)
+        model, record = _unlearn(scenario.poisoned, scenario.request, scenario.poisoned_data, method, device, options)
+        record["passes"] = _passes(scenario, method, subset, scenario.request, record)
+        return model, record
     # The body is frozen, so its output is computed once and the update runs on the small head alone —
     # the same update as params=<head prefixes> on the full model, without a forward pass through the
     # body per Hessian-vector product. Those n forward passes are counted as n gradient evaluations.
     head = _head_modules(scenario.poisoned, subset)
-    feats = head_inputs(scenario.poisoned, head, scenario.x)
+    start = time.perf_counter()
+    if subset not in scenario.head_cache:
+        scenario.head_cache[subset] = head_inputs(scenario.poisoned, head, scenario.x)
+    feats = scenario.head_cache[subset]
+    body_seconds = time.perf_counter() - start
     request = unlearn.fix_labels(feats, scenario.y_poisoned, scenario.y_clean, scenario.rows,
                                  num_classes=NUM_CLASSES)
     if method != "fine-tuning":  # the features are small: one chunk per Hessian-vector product
         options = {"batch_size": len(feats), **options}
-    start = time.perf_counter()
+    start = time.perf_counter() - body_seconds
     new_head, record = _unlearn(head, request, (feats, scenario.y_poisoned), method, device, options)
     model = copy.deepcopy(scenario.poisoned)
     unexpected = model.load_state_dict(new_head.state_dict(), strict=False).unexpected_keys
     assert not unexpected, f"head parameters {unexpected} do not match the model"
+    record["passes"] = _passes(scenario, method, subset, request, record)
     record["grad_evals"] += len(scenario.x)
     record["seconds"] += time.perf_counter() - start
     return model, record
+
+
+HEAD_PREFIXES = {"head": {models.MnistCNN: ["fc3", "out"], models.VGG: ["classifier"]},
+                 "last": {models.MnistCNN: ["out"], models.VGG: ["classifier"]}}
+
+
+def subset_share(model: nn.Module, subset: str, example: Tensor) -> float:
+    """Share of one full pass's arithmetic (MACs) in the parameters `subset` updates (1.0 for "all")."""
+    if subset == "all":
+        return 1.0
+    prefixes = HEAD_PREFIXES[subset].get(type(model))
+    if prefixes is None:
+        raise ValueError(f"subset={subset!r} needs a MnistCNN or VGG, not {type(model).__name__}.")
+    return cost.mac_share(model, example[:1], prefixes)
+
+
+def _passes(scenario: Scenario, method: str, subset: str, request: unlearn.Request, record: dict) -> float:
+    """Full-model pass equivalents of an update (`gsmu.mu.cost`): gradients of the request rows, the
+    solver's Hessian-vector products, both over the updated subset only, and for a head update one forward
+    pass of every training image through the frozen body."""
+    share = subset_share(scenario.poisoned, subset, scenario.x)
+    gradients = record["grad_evals"] if method == "fine-tuning" else 2 * len(request)
+    hvps = record["grad_evals"] - 2 * len(request) if method == "second-order" else 0
+    forwards = len(scenario.x) if subset != "all" else 0
+    return cost.passes(gradients=gradients, hvps=hvps, share=share, forwards=forwards,
+                       forward_share=1.0 - share)
 
 
 def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: str | None = None,
@@ -282,7 +318,8 @@ def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: s
     the "last" layer only. `options` go to the method: `unlearn.first_order` (tau, steps),
     `unlearn.second_order` (hessian, curvature, solver, damping, max_iter, hessian_rows, lissa_scale,
     lissa_iterations, step, steps, seed), `unlearn.fine_tune` (lr, epochs, batch_size, seed). "sisa" needs
-    the ensemble of `sisa_ensemble` (modified in place). Returns the repaired model (None for SISA) and a
+    the ensemble of `sisa_ensemble` (modified in place); "retraining" takes `cached=True` to reuse the clean
+    model (it is what retraining produces) instead of training again. Returns the repaired model (None for SISA) and a
     row with test and validation accuracy, percent restored, gradient evaluations, seconds and solver
     statistics.
     """
@@ -294,13 +331,14 @@ def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: s
     if method in ("first-order", "second-order", "fine-tuning"):
         model, record = _update(scenario, method, subset, device, options)
     elif method == "retraining":
-        model, record = _retrain(scenario, device)
+        model, record = _retrain(scenario, device, cached=bool(options.pop("cached", False)))
     else:
         if sisa is None:
             raise ValueError("method='sisa' needs sisa=sisa_ensemble(scenario, shards).")
         affected = torch.unique(sisa.shard_of[scenario.rows])
         record = sisa.unlearn(scenario.request)
         record["grad_evals"] = scenario.recipe["epochs"] * int(torch.isin(sisa.shard_of, affected).sum())
+        record["passes"] = cost.passes(gradients=record["grad_evals"])
         model = None
     scorer = sisa.accuracy if model is None else (lambda x, y: unlearn.accuracy(model, x, y))
     return model, _row(scenario, scorer, record, label or method, subset, options)
@@ -310,7 +348,8 @@ def _row(scenario: Scenario, scorer, record: dict, label: str, subset: str, opti
     acc = scorer(*scenario.test)
     return {"method": label, "subset": subset, "budget": scenario.budget, "accuracy": acc,
             "val_accuracy": scorer(*scenario.val), "restored": scenario.restored(acc),
-            "grad_evals": record["grad_evals"], "seconds": record["seconds"], **_solver_stats(record),
+            "grad_evals": record["grad_evals"], "passes": record["passes"], "seconds": record["seconds"],
+            **_solver_stats(record),
             **{k: v for k, v in options.items() if isinstance(v, (int, float, str))}}
 
 
@@ -330,7 +369,8 @@ def first_order_sweep(scenario: Scenario, taus: list[float], *, label: str = "fi
     for tau in taus:
         model = copy.deepcopy(base)
         space.assign(model, space.flat(base) - tau * g)
-        record = {"grad_evals": 2 * len(request), "seconds": seconds}
+        record = {"grad_evals": 2 * len(request), "passes": cost.passes(gradients=2 * len(request)),
+                  "seconds": seconds}
         rows.append(_row(scenario, lambda x, y: unlearn.accuracy(model, x, y), record, label, "all",
                          {"tau": tau}))
     return rows
@@ -362,3 +402,16 @@ def curvature_scale(scenario: Scenario, *, subset: str = "head", curvature: str 
                   generator=torch.Generator().manual_seed(seed))
     return top_eigenvalue(h, h.dim, iterations=iterations, generator=torch.Generator().manual_seed(seed),
                           device=next(model.parameters()).device)
+
+
+def retraining_seconds(scenario: Scenario, *, repeats: int = 3, device: str | torch.device | None = None) -> float:
+    """Wall time of retraining, estimated as `epochs` × the median of `repeats` timed single epochs (same
+    recipe and data as retraining; one epoch per repeat keeps the measurement affordable on a CPU)."""
+    device = get_device(device)
+    one_epoch = {**scenario.recipe, "epochs": 1}
+
+    def epoch() -> None:
+        torch.manual_seed(scenario.seed)
+        train.fit_classifier(build_model(scenario.dataset), scenario.x, scenario.y_clean, seed=scenario.seed,
+                             device=device, progress=False, **one_epoch)
+    return scenario.recipe["epochs"] * cost.median_seconds(epoch, repeats)

@@ -38,9 +38,9 @@ class SpamCertified(Experiment):
 @dataclass(frozen=True)
 class LabelPoisoning(Experiment):
     """07: label-flip poisoning repair (MU paper §6.3) on an MNIST CNN; the CNN recipe of both models."""
-    n_train: int = 20000  # training images (the first n of the split)
-    whole_rows: int = 500  # H subsample of the whole-model second-order update
-    whole_iterations: int = 30  # CG iterations of the whole-model update
+    n_train: int = 10000  # training images (the first n of the split)
+    whole_rows: int = 250  # H subsample of the whole-model second-order update
+    whole_iterations: int = 20  # CG iterations of the whole-model update
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3
@@ -50,7 +50,7 @@ class LabelPoisoning(Experiment):
     schedule: str = "linear"
     timing_repeats: int = 3  # repeats of the timed calls (median wall time, one thread)
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": dict(n_train=20000, whole_rows=500, whole_iterations=30, epochs=3),
+        "quick": dict(n_train=10000, whole_rows=250, whole_iterations=20, epochs=3),
         "paper": dict(n_train=40000, whole_rows=5000, whole_iterations=100, epochs=30),
     }
 
