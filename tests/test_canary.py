@@ -146,3 +146,10 @@ def test_pair_updates_match_lib_unlearn_on_the_plain_request():
     expected, _ = unlearn.second_order(model, objective, c.request, c.windows, curvature="gauss-newton",
                                        damping=1.0, max_iter=5, tol=1e-12)
     torch.testing.assert_close(ParamSpace(second).flat(second), ParamSpace(expected).flat(expected))
+
+
+def test_update_passes_count_gradients_once_and_hvps_twice():
+    from gsmu.mu import canary
+    assert canary.update_passes({"grad_evals": 20}, request_rows=10) == 20  # first-order: G only
+    assert canary.update_passes({"grad_evals": 5}, request_rows=10) == 5  # fine-tuning: one pass per row
+    assert canary.update_passes({"grad_evals": 20 + 64 * 10}, request_rows=10) == 20 + 2 * 640

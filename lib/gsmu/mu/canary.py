@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..base import models, train
+from . import cost
 from .influence import Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference
 from .exposure import (exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity, log_perplexity,
                        random_secrets)
@@ -408,3 +409,24 @@ class CanaryScorer:
                 "leaks": completion == c.secret,
                 "train_loss": lm_metrics(model, c.clean_windows())["loss"],
                 "val_loss": lm_metrics(model, c.validation)["loss"]}
+
+
+def retraining_seconds(corpus: CanaryCorpus, recipe: dict, *, repeats: int = 3, seed: int = 0,
+                       device: str | torch.device | None = None) -> float:
+    """Wall time of retraining, estimated as `epochs` × the median of `repeats` timed single epochs on the
+    corrected windows (same recipe and seed as `retrain`; one epoch per repeat keeps it affordable)."""
+    arch, fit_args = _split_recipe(recipe)
+
+    def epoch() -> None:
+        model = _build(corpus, arch, seed).to(get_device(device))
+        fit_language_model(model, corpus.clean_windows(), seed=seed, device=device, progress=False,
+                           **{**fit_args, "epochs": 1})
+    return fit_args["epochs"] * cost.median_seconds(epoch, repeats)
+
+
+def update_passes(record: dict, request_rows: int) -> float:
+    """Full-model pass equivalents (`gsmu.mu.cost`) of an update record over all of the LSTM's parameters:
+    the gradients of the `request_rows` window pairs and, for second-order records, the Hessian-vector
+    products (the rest of `grad_evals`)."""
+    gradients = min(record["grad_evals"], 2 * request_rows)
+    return cost.passes(gradients=gradients, hvps=record["grad_evals"] - gradients)
