@@ -157,9 +157,9 @@ class Factorization:
         self.dim = len(theta)
         self.data = data
         self._rows = len(data[0])
+        start = time.perf_counter()  # the factorization's time includes making H a symmetric float64 matrix
         matrix = matrix.detach().to("cpu", torch.float64)
         matrix = (matrix + matrix.T) / 2
-        start = time.perf_counter()
         self._h: Tensor | None = None
         self._chol: tuple[float, Tensor] | None = None
         self._cast: dict[torch.dtype, tuple[Tensor, ...]] = {}
