@@ -29,6 +29,7 @@ def repo_url() -> str:
 def setup_source() -> str:
     return (f"{SETUP_MARK}: installs the package when it is missing (Colab); a no-op in a checkout or on Binder.\n"
             "import importlib.util, subprocess, sys\n"
+            "from typing import Optional  # for the parameters' types (papermill reads Optional[X], not X | None)\n"
             'if importlib.util.find_spec("gsmu") is None:\n'
             f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{repo_url()}"], check=True)')
 

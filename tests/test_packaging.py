@@ -88,3 +88,15 @@ def test_gs_and_mu_never_import_each_other():
             if isinstance(node, ast.ImportFrom):
                 mod = ("." * node.level) + (node.module or "")
                 assert not mod.startswith(("..", "gsmu.gs", "gsmu.mu")), f"{path} (base) imports {mod}"
+
+
+@pytest.mark.parametrize("book", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_lists_every_parameter_with_its_type(book):
+    """`papermill --help-notebook` must show each parameter typed (it silently drops `X | None`)."""
+    import papermill
+    params = [c for c in nbformat.read(book, 4).cells if "parameters" in c.metadata.get("tags", [])][0]
+    declared = {s.target.id: ast.unparse(s.annotation) for s in ast.parse(params.source).body}
+    seen = papermill.inspect_notebook(str(book))
+    for name, annotation in declared.items():
+        assert name in seen, f"papermill does not see {name}: {annotation} (write Optional[X], not X | None)"
+        assert seen[name]["inferred_type_name"] == annotation, (name, seen[name])

@@ -157,6 +157,12 @@ def results_dir() -> Path:
     return _make_folder(Path(base), "REPRO_RESULTS")
 
 
+def progress_off(progress: bool) -> bool:
+    """tqdm's `disable=` for a library progress bar: off when the caller asks, and in headless runs
+    (`TQDM_DISABLE` set by the main job and the tests), which an explicit `disable=` would otherwise override."""
+    return not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+
 def notebook_name() -> str:
     """Name of the notebook being run (set by run_all.sh), 'interactive' otherwise."""
     return os.environ.get("REPRO_NOTEBOOK", "interactive")
@@ -166,7 +172,8 @@ _KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    """Whether `value` fits a parameter annotation (int, float, str, bool, X | None, list[X], tuple[X, ...])."""
+    """Whether `value` fits a parameter annotation (int, float, str, bool, Optional[X] or X | None, list[X],
+    tuple[X, ...]). Notebooks write Optional[X]: papermill's parameter inspection cannot parse `X | None`."""
     import types
     import typing
     if annotation is Any:
@@ -205,7 +212,7 @@ def check_parameters(namespace: dict, *, ranges: dict[str, tuple[float, float]] 
     # Call it first thing after the parameters cell: every other plain value in the namespace then came
     # from papermill's injected-parameters cell.
     names = {k for k, v in namespace.items() if not k.startswith("_") and k not in _KERNEL_NAMES
-             and not callable(v) and type(v).__name__ != "module"}
+             and not callable(v) and type(v).__name__ != "module" and type(v).__module__ != "typing"}
     unknown = sorted(names - set(declared))
     if unknown:
         bad = unknown[0]
@@ -224,7 +231,7 @@ def check_parameters(namespace: dict, *, ranges: dict[str, tuple[float, float]] 
                             f"parameters cell.")
         value = namespace[name]
         if not _type_ok(value, annotation):
-            shown = getattr(annotation, "__name__", str(annotation))
+            shown = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
             raise TypeError(f"parameter {name}={value!r} must be of type {shown}, not {type(value).__name__}.")
         for v in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(v, float) and not math.isfinite(v):

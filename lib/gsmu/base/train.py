@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data, models
-from .runtime import (atomic_write, cache_dir, check_choice, check_int, check_nonempty,  # noqa: F401
+from .runtime import (atomic_write, progress_off, cache_dir, check_choice, check_int, check_nonempty,  # noqa: F401
                       check_positive, check_profile, file_lock, get_device, sha256_bytes, sha256_file,
                       stale_temporaries, state_digest, tensor_digest)
 
@@ -225,7 +225,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, sched)
     gen = torch.Generator().manual_seed(seed)
     losses = []
-    bar = tqdm(range(epochs), desc="train", disable=not progress)
+    bar = tqdm(range(epochs), desc="train", disable=progress_off(progress))
     for _ in bar:
         order = torch.randperm(len(x), generator=gen)
         total_loss = 0.0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..base.runtime import check_choice, get_device
+from ..base.runtime import progress_off, check_choice, get_device
 
 PARAMETERIZATIONS = ("pixel", "fourier")
 # Lucid/Lucent colour-correlation square root (ImageNet statistics), normalized by its largest column norm.
@@ -352,7 +352,7 @@ def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[i
     was_training = model.training
     model.eval()
     try:
-        for _ in tqdm(range(steps), disable=not progress, desc="FV", leave=False):
+        for _ in tqdm(range(steps), disable=progress_off(progress), desc="FV", leave=False):
             x = eta(q)
             for transform in strategy.transforms:
                 x = transform(x, generators)

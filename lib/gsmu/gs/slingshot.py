@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from . import featvis, metrics
 from ..base import train
-from ..base.runtime import cache_dir, check_choice, check_range, get_device
+from ..base.runtime import progress_off, cache_dir, check_choice, check_range, get_device
 
 
 @dataclass
@@ -147,8 +146,7 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
     log, best_state, epoch_loss = Log(), copy.deepcopy(model.state_dict()), 0.0
     log.best_ssim = fv_check(model, eta, target, s, device)
     log.checks.append((0, round(log.best_ssim, 5)))
-    quiet = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")  # an explicit
-    bar = tqdm(range(1, s.steps + 1), disable=quiet, desc="slingshot", mininterval=10)  # disable= beats tqdm's env
+    bar = tqdm(range(1, s.steps + 1), disable=progress_off(progress), desc="slingshot", mininterval=10)
     for step in bar:
         q = sample_manipulation_set(q_t, s.manip_batch, s.sigma, s.tunnel, s.noise, gen)
         l_m = manipulation_loss(model, eta, s.layer, s.unit, q, q_t, s.gamma, s.loss)

@@ -30,7 +30,7 @@ from . import cost
 from .influence import Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference
 from .exposure import (exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity, log_perplexity,
                        random_secrets)
-from ..base.runtime import get_device
+from ..base.runtime import progress_off, get_device
 from .unlearn import Request, request_from_datasets, text_windows
 
 SLOT = "{secret}"
@@ -235,7 +235,7 @@ def fit_language_model(model: nn.Module, windows: tuple[Tensor, Tensor], *, epoc
     gen = torch.Generator().manual_seed(seed)
     x, y = windows
     losses = []
-    bar = tqdm(range(epochs), desc="train LM", disable=not progress)
+    bar = tqdm(range(epochs), desc="train LM", disable=progress_off(progress))
     for _ in bar:
         total = 0.0
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
