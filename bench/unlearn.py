@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from gsmu.base import data, models
 from gsmu.mu import cost, unlearn
-from gsmu.mu.curvature import Factorized, Nystrom, load_drebin
+from gsmu.base.data import load_drebin
+from gsmu.mu.curvature import Factorized, Nystrom
 from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, binary_cross_entropy_sum,
                                cross_entropy_sum, gradient_difference, gradient_residual, top_eigenvalue)
 

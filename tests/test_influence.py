@@ -4,7 +4,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gsmu.mu.curvature import Factorization, Factorized, Nystrom, load_drebin
+from gsmu.base.data import load_drebin
+from gsmu.mu.curvature import Factorization, Factorized, Nystrom
 from gsmu.mu.influence import (CG, Curvature, Exact, LiSSA, Objective, ParamSpace, SolveStats,
                                binary_cross_entropy_sum, conjugate_gradient, get_solver, gradient_difference, gradient_residual, lissa,
                                loss_gradient, solve_exact, top_eigenvalue)

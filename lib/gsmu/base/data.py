@@ -12,7 +12,8 @@ Used by both papers (the data sets of GS Sec. 5 and MU Sec. 6).
 from __future__ import annotations
 
 import gzip
-import hashlib  # noqa: F401 — kept for callers that compute a Source's checksum
+import json
+import os
 import pickle
 import re
 import shutil
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import atomic_write, cache_dir, check_choice, check_int, file_lock, sha256_file, stale_temporaries
+from .runtime import (atomic_write, cache_dir, check_choice, check_int, file_lock, repo_root, sha256_file,
+                      stale_temporaries)
 
 
 class DataError(RuntimeError):
@@ -341,3 +342,49 @@ def fetch_all() -> list[Path]:
 if __name__ == "__main__":
     for p in fetch_all():
         print(f"ok  {p}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drebin (the MU authors' vectorization) from the data mirror
+
+
+def mirror_dir() -> Path:
+    """The offline data mirror (files that are online-only elsewhere, with a SHA256SUMS list):
+    `$REPRO_DATA_MIRROR`, else a `shared/data` folder beside the checkout."""
+    env = os.environ.get("REPRO_DATA_MIRROR")
+    if env is not None and env.strip():
+        return Path(env)
+    root = repo_root()
+    candidate = root.parent / "shared" / "data" if root is not None else None
+    if candidate is None or not candidate.is_dir():
+        raise FileNotFoundError("no data mirror: set $REPRO_DATA_MIRROR to the folder holding "
+                                "unlearning-authors/Drebin (the MU authors' data files).")
+    return candidate
+
+
+def _mirror_file(mirror: Path, relative: str) -> Path:
+    path = mirror / relative
+    sums = mirror / "SHA256SUMS"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the data mirror {mirror}.")
+    if sums.is_file():
+        expected = {line.split()[1].lstrip("./"): line.split()[0] for line in sums.read_text().splitlines()
+                    if len(line.split()) == 2}
+        if relative in expected and sha256_file(path) != expected[relative]:
+            raise ValueError(f"{path} fails its SHA-256 in {sums}: the mirror copy is corrupted.")
+    return path
+
+
+def load_drebin(split: str = "train", mirror: str | Path | None = None):
+    """The authors' Drebin split: (X scipy CSR counts, rows × 2,081 features; y in {0, 1}, 1 = malware;
+    vocabulary) from `<mirror>/unlearning-authors/Drebin` (checksums verified)."""
+    import scipy.sparse
+    check_choice("split", split, ("train", "test"))
+    base = Path(mirror) if mirror is not None else mirror_dir()
+    folder = "unlearning-authors/Drebin"
+    x = scipy.sparse.load_npz(_mirror_file(base, f"{folder}/x_{split}.npz")).tocsr()
+    y = np.load(_mirror_file(base, f"{folder}/y_{split}.npy"), allow_pickle=False)
+    vocabulary = json.loads(_mirror_file(base, f"{folder}/vocabulary.json").read_text())
+    relevant = [line.strip() for line in _mirror_file(base, f"{folder}/relevant_features.txt").read_text()
+                .splitlines() if line.strip()]
+    return x, (y > 0).astype(np.int64), vocabulary, relevant

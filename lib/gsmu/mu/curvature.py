@@ -13,27 +13,22 @@ then costs its gradient difference G plus two triangular solves (or two products
   column from Hessian-vector products (`Curvature.dense`). `solve(b, damping)` = (H + damping·I)⁻¹ b.
 - `Factorized(factorization, damping)`: the solver object for `unlearn.second_order(..., solver=...)`; it
   checks that the curvature it is handed is the one it factorized (same parameters, data and kind).
-- `load_drebin`: the authors' Drebin matrices from the data mirror (for the benchmark).
 
 Costs are reported apart: `Factorization.cost` holds the one-off seconds and multiply-accumulates (MACs)
 of forming and factorizing H; `solve_macs` the per-request MACs of one solve.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..base import runtime
-from ..base.runtime import check_choice, sha256_file
+from ..base.runtime import check_choice
 from .influence import (Batch, Curvature, Objective, Operator, ParamSpace, Solver, SolveStats, _check_damping,
                         _check_rhs, _chunks, _relative, device_of)
 
@@ -375,53 +370,4 @@ class Nystrom:
         return out.to(r)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Drebin (the MU authors' vectorization) from the data mirror
-
-
-def mirror_dir() -> Path:
-    """The offline data mirror: `$REPRO_DATA_MIRROR`, else `gsmu.base.data.mirror_dir()` where the data module
-    has one, else `../shared/data` beside the checkout."""
-    env = os.environ.get("REPRO_DATA_MIRROR")
-    if env is not None and env.strip():
-        return Path(env)
-    from ..base import data
-    if callable(getattr(data, "mirror_dir", None)):
-        return Path(data.mirror_dir())
-    root = runtime.repo_root()
-    candidate = root.parent / "shared" / "data" if root is not None else None
-    if candidate is None or not candidate.is_dir():
-        raise FileNotFoundError("no data mirror: set $REPRO_DATA_MIRROR to the folder holding "
-                                "unlearning-authors/Drebin (the MU authors' data files).")
-    return candidate
-
-
-def _mirror_file(mirror: Path, relative: str) -> Path:
-    path = mirror / relative
-    sums = mirror / "SHA256SUMS"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the data mirror {mirror}.")
-    if sums.is_file():
-        expected = {line.split()[1].lstrip("./"): line.split()[0] for line in sums.read_text().splitlines()
-                    if len(line.split()) == 2}
-        if relative in expected and sha256_file(path) != expected[relative]:
-            raise ValueError(f"{path} fails its SHA-256 in {sums}: the mirror copy is corrupted.")
-    return path
-
-
-def load_drebin(split: str = "train", mirror: str | Path | None = None):
-    """The authors' Drebin split: (X scipy CSR counts, rows × 2,081 features; y in {0, 1}, 1 = malware;
-    vocabulary) from `<mirror>/unlearning-authors/Drebin` (checksums verified)."""
-    import scipy.sparse
-    check_choice("split", split, ("train", "test"))
-    base = Path(mirror) if mirror is not None else mirror_dir()
-    folder = "unlearning-authors/Drebin"
-    x = scipy.sparse.load_npz(_mirror_file(base, f"{folder}/x_{split}.npz")).tocsr()
-    y = np.load(_mirror_file(base, f"{folder}/y_{split}.npy"), allow_pickle=False)
-    vocabulary = json.loads(_mirror_file(base, f"{folder}/vocabulary.json").read_text())
-    relevant = [line.strip() for line in _mirror_file(base, f"{folder}/relevant_features.txt").read_text()
-                .splitlines() if line.strip()]
-    return x, (y > 0).astype(np.int64), vocabulary, relevant
-
-
-__all__ = ["Factorization", "FactorizationCost", "Factorized", "Nystrom", "load_drebin", "mirror_dir", "METHODS"]
+__all__ = ["Factorization", "FactorizationCost", "Factorized", "Nystrom", "METHODS"]
