@@ -126,7 +126,7 @@ def test_without_images_report_says_audit_skipped(tiny, tmp_path, capsys):
     ({"--layer": "outt"}, "Did you mean ['out'"),
     ({"--units": "0-3"}, "unit(s) [3] out of range; layer 'out' has 3 units"),
     ({"--units": "0-"}, "--units '0-'"),
-    ({"--units": "a,b"}, "is not a unit index"),
+    ({"--units": "a,b"}, "is not a non-negative index"),
     ({"--units": "5-2"}, "--units '5-2'"),
     ({"--input-shape": "8,8"}, "--input-shape"),
     ({"--input-shape": "3,8,8"}, "--input-shape 3,8,8"),

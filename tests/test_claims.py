@@ -129,3 +129,11 @@ def test_check_parameters_names_the_parameter(values, error, match):
 def test_check_parameters_accepts_valid_values():
     runtime.check_parameters(_ns(alpha=1, name="a"), ranges={"alpha": (0, 1)}, choices={"name": ("a", None)},
                              nonempty=["steps"])
+
+
+def test_parse_index_list_against_an_explicit_expansion():
+    assert runtime.parse_index_list("0-3, 7,2") == sorted({0, 1, 2, 3, 7, 2})
+    assert runtime.parse_index_list("10-12") == list(range(10, 13))
+    for bad in ("-1", "a", "3-1", "1-", "", "1--3", "1,,2"):
+        with pytest.raises(ValueError, match="not a non-negative index"):
+            runtime.parse_index_list(bad)

@@ -85,8 +85,8 @@ def test_svmlight_rows_removed(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--forget", "rows:1,,x"], "'' is not an index"),
-    (["--forget", "rows:5-2"], "'5-2' is not an index"),
+    (["--forget", "rows:1,,x"], "'' is not a non-negative index"),
+    (["--forget", "rows:5-2"], "'5-2' is not a non-negative index"),
     (["--forget", "lines:1,2"], "write rows:1,5,9"),
     (["--forget", "rows:"], "write rows:1,5,9"),
     (["--forget", "rows:1;rows:2"], "rows given twice"),

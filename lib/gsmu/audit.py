@@ -36,6 +36,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .base.runtime import parse_index_list
 from .gs import featvis, metrics
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -56,23 +57,10 @@ class AuditError(ValueError):
 
 def parse_units(spec: str) -> list[int]:
     """'0-9', '3', '0,2,5' or '0-3,7' → sorted unique unit indices; AuditError on anything else."""
-    units: set[int] = set()
-    for part in str(spec).replace(" ", "").split(","):
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                lo_i, hi_i = int(lo), int(hi)
-                if lo_i > hi_i:
-                    raise ValueError
-                units.update(range(lo_i, hi_i + 1))
-            else:
-                units.add(int(part))
-        except ValueError:
-            raise AuditError(f"--units {spec!r}: {part!r} is not a unit index or range; write e.g. "
-                             f"'0-9', '3' or '0,2,5-7' (non-negative integers, ranges low-high).") from None
-    if not units or min(units) < 0:
-        raise AuditError(f"--units {spec!r}: unit indices must be non-negative integers, e.g. '0-9'.")
-    return sorted(units)
+    try:
+        return parse_index_list(spec)
+    except ValueError as e:
+        raise AuditError(f"--units {spec!r}: {e}; write e.g. '0-9', '3' or '0,2,5-7'.") from None
 
 
 def parse_shape(spec: str) -> tuple[int, int, int]:

@@ -44,6 +44,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .base.runtime import parse_index_list
+
 SVMLIGHT_SUFFIXES = (".svm", ".svmlight", ".libsvm", ".txt")
 
 
@@ -55,22 +57,10 @@ class ForgetError(ValueError):
 
 def parse_indices(text: str, what: str) -> list[int]:
     """'1,5,9' or '0-9,12' → sorted unique non-negative integers; ForgetError otherwise."""
-    out: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        try:
-            if "-" in part[1:]:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                if lo > hi:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-        except ValueError:
-            raise ForgetError(f"--forget {what}: {part!r} is not an index or a range low-high; write e.g. "
-                              f"{what}:1,5,9 or {what}:0-9,12.") from None
-    if min(out) < 0:
-        raise ForgetError(f"--forget {what}: indices must be non-negative; got {min(out)}.")
-    return sorted(out)
+    try:
+        return parse_index_list(text)
+    except ValueError as e:
+        raise ForgetError(f"--forget {what}: {e}; write e.g. {what}:1,5,9 or {what}:0-9,12.") from None
 
 
 def parse_forget(spec: str) -> dict[str, list[int]]:

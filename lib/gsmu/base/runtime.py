@@ -157,6 +157,19 @@ def results_dir() -> Path:
     return _make_folder(Path(base), "REPRO_RESULTS")
 
 
+def parse_index_list(text: str) -> list[int]:
+    """'1,5,9', '0-9' or '0,2,5-7' → sorted unique non-negative integers (command-line unit/row/feature
+    lists). Raises ValueError naming the offending part."""
+    out: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        lo, dash, hi = part[1:].partition("-") if part[:1] != "-" else ("", "", "")
+        lo = part[0] + lo if dash else part
+        if not (lo.isdigit() and (not dash or hi.isdigit())) or (dash and int(lo) > int(hi)):
+            raise ValueError(f"{part!r} is not a non-negative index or a range low-high")
+        out.update(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    return sorted(out)
+
+
 def progress_off(progress: bool) -> bool:
     """tqdm's `disable=` for a library progress bar: off when the caller asks, and in headless runs
     (`TQDM_DISABLE` set by the main job and the tests), which an explicit `disable=` would otherwise override."""
