@@ -448,7 +448,7 @@ def execute(jobs: list[Job], args, engine: list[str]) -> dict[str, dict]:
             futures[fut] = job
         bar = tqdm(total=len(futures), unit="job", desc="jobs", dynamic_ncols=True, disable=None,
                    file=sys.stdout)
-        for fut in as_completed(futures):
+        for done, fut in enumerate(as_completed(futures), 1):
             job = futures[fut]
             try:
                 info = fut.result()
@@ -464,7 +464,7 @@ def execute(jobs: list[Job], args, engine: list[str]) -> dict[str, dict]:
             o = outcomes[job.key]
             bar.set_postfix_str(f"{job.name} {o['status']}")
             if bar.disable:  # not a terminal (a log file, CI): one line per finished job instead of the bar
-                print(f"[run] {bar.n}/{bar.total} {job.name} {o['status']} in {o.get('seconds') or 0:.0f} s",
+                print(f"[run] {done}/{len(futures)} {job.name} {o['status']} in {o.get('seconds') or 0:.0f} s",
                       flush=True)
             if o["status"] != "passed":
                 bar.write(f"[run] FAILED {job.name}: {o.get('error')}")
