@@ -100,6 +100,11 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def device_of(model) -> "torch.device":
+    """The device of a model's parameters (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU torch.Generator seeded with `seed`."""
     import numpy as np

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import featvis, metrics
 from ..base import train
-from ..base.runtime import progress_off, cache_dir, check_choice, check_range, get_device
+from ..base.runtime import device_of, progress_off, cache_dir, check_choice, check_range, get_device
 
 
 @dataclass
@@ -81,7 +81,7 @@ def validate(model: nn.Module, target: torch.Tensor, image_shape: tuple, s: Sett
     if tuple(target.shape) != tuple(image_shape):
         raise ValueError(f"target image of shape {tuple(target.shape)} does not match the model's input "
                          f"shape {tuple(image_shape)} (channels, height, width); resize or convert it.")
-    featvis.check_units(model, s.layer, [s.unit], image_shape, next(model.parameters()).device)
+    featvis.check_units(model, s.layer, [s.unit], image_shape, device_of(model))
 
 
 def sample_manipulation_set(q_t: torch.Tensor, n: int, sigma: float, tunnel: bool = True,

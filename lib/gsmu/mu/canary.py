@@ -30,7 +30,7 @@ from . import cost
 from .influence import Curvature, Objective, ParamSpace, conjugate_gradient, gradient_difference
 from .exposure import (exposure_rank, exposure_skewnorm, greedy_completion, greedy_log_perplexity, log_perplexity,
                        random_secrets)
-from ..base.runtime import progress_off, get_device
+from ..base.runtime import device_of, progress_off, get_device
 from .unlearn import Request, request_from_datasets, text_windows
 
 SLOT = "{secret}"
@@ -298,7 +298,7 @@ def retrain(corpus: CanaryCorpus, recipe: dict, *, seed: int = 0, device: str | 
 @torch.no_grad()
 def lm_metrics(model: nn.Module, windows: tuple[Tensor, Tensor], batch_size: int = 512) -> dict:
     """Mean next-character loss (nats) and accuracy of `model` over `windows`."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     model.eval()
     loss, correct, count = 0.0, 0, 0
     for i in range(0, len(windows[0]), batch_size):

@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..base.runtime import device_of
+
 # torch's forward-mode AD (torch.func.jvp, used for Hessian-vector products) scripts its own
 # decompositions on first use and warns that torch.jit.script is deprecated — torch's internals, not ours;
 # silenced here (every MU experiment module imports this one) so notebook outputs stay clean.
@@ -68,7 +70,7 @@ def layer_macs(model: nn.Module, example: Tensor) -> dict[str, int]:
             hooks.append(module.register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
+            model(example.to(device_of(model)))
     finally:
         for h in hooks:
             h.remove()

@@ -20,9 +20,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor, nn
 
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+from ..base.runtime import device_of
 
 
 def _check_tokens(prefix: Tensor, secrets: Tensor) -> None:
@@ -37,7 +35,7 @@ def log_perplexity(model: nn.Module, prefix: Tensor, secrets: Tensor, batch_size
     """Teacher-forced log-perplexity in bits of each row of `secrets` (N×L tokens) after `prefix`."""
     _check_tokens(prefix, secrets)
     model.eval()
-    device = _device(model)
+    device = device_of(model)
     p, scores = len(prefix), []
     for chunk in secrets.split(batch_size):
         seq = torch.cat([prefix.expand(len(chunk), -1), chunk], 1).to(device)
@@ -53,7 +51,7 @@ def greedy_completion(model: nn.Module, prefix: Tensor, length: int) -> Tensor:
     if prefix.ndim != 1 or len(prefix) == 0 or length < 1:
         raise ValueError(f"need a non-empty 1-D prefix and length >= 1; got {tuple(prefix.shape)}, {length}.")
     model.eval()
-    seq = prefix.to(_device(model))[None]
+    seq = prefix.to(device_of(model))[None]
     for _ in range(length):
         seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
     return seq[0, len(prefix):].cpu()
@@ -66,7 +64,7 @@ def greedy_log_perplexity(model: nn.Module, prefix: Tensor, secrets: Tensor) -> 
     _check_tokens(prefix, secrets)
     model.eval()
     greedy = greedy_completion(model, prefix, secrets.shape[1])
-    seq = torch.cat([prefix, greedy[:-1]]).to(_device(model))[None]
+    seq = torch.cat([prefix, greedy[:-1]]).to(device_of(model))[None]
     logp = F.log_softmax(model(seq)[0, len(prefix) - 1:], -1).cpu()  # L × V, one row per position
     picked = logp.gather(1, secrets.T)  # L × N
     return -picked.sum(0) / math.log(2)

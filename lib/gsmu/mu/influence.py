@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..base.runtime import device_of  # noqa: F401 — re-exported for unlearn
+
 Batch = tuple[Tensor, Tensor]
 
 
@@ -143,10 +145,6 @@ def _functional(model: nn.Module, objective: Objective, space: ParamSpace):
 
     return outputs, loss
 
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device of the model's parameters (where its inputs must go)."""
-    return next(model.parameters()).device
 
 
 def loss_gradient(model: nn.Module, objective: Objective, space: ParamSpace, data: Batch,

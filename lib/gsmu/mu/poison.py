@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..base import data, models, train
 from . import cost, unlearn
 from .influence import Curvature, Objective, ParamSpace, gradient_difference, top_eigenvalue
-from ..base.runtime import check_choice, check_profile, check_range, get_device
+from ..base.runtime import device_of, check_choice, check_profile, check_range, get_device
 from .profiles import LabelPoisoning
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -235,7 +235,7 @@ def head_inputs(model: nn.Module, head: nn.Sequential, x: Tensor, batch_size: in
     """What the first module of `head` receives inside `model` for the images `x` (a forward pre-hook)."""
     first, seen = next(iter(head.children())), []
     hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
-    device = next(model.parameters()).device
+    device = device_of(model)
     try:
         for start in range(0, len(x), batch_size):
             model(x[start:start + batch_size].to(device))
@@ -401,7 +401,7 @@ def curvature_scale(scenario: Scenario, *, subset: str = "head", curvature: str 
     h = Curvature(model, objective(), ParamSpace(model), data, kind=curvature, rows=hessian_rows,
                   generator=torch.Generator().manual_seed(seed))
     return top_eigenvalue(h, h.dim, iterations=iterations, generator=torch.Generator().manual_seed(seed),
-                          device=next(model.parameters()).device)
+                          device=device_of(model))
 
 
 def retraining_seconds(scenario: Scenario, *, repeats: int = 3, device: str | torch.device | None = None) -> float:
