@@ -100,3 +100,19 @@ def test_papermill_lists_every_parameter_with_its_type(book):
     for name, annotation in declared.items():
         assert name in seen, f"papermill does not see {name}: {annotation} (write Optional[X], not X | None)"
         assert seen[name]["inferred_type_name"] == annotation, (name, seen[name])
+
+
+def test_lock_file_agrees_with_every_pin():
+    """requirements-lock.txt (the whole environment, transitive packages included) holds each pyproject pin."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = list(project["dependencies"]) + [p for extra in project["optional-dependencies"].values() for p in extra]
+    lock = {}
+    for line in (ROOT / "requirements-lock.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            lock[name.lower().replace("_", "-")] = version
+    for pin in pins:
+        if "==" not in pin:
+            continue  # the project's own extras referring to each other
+        name, version = pin.split("==")
+        assert lock.get(name.lower().replace("_", "-")) == version, f"{pin} is not what requirements-lock.txt pins"
