@@ -1,6 +1,11 @@
 """Derive the test's reference bands from a multi-seed run of the main job.
 
 Usage: .venv/bin/python scripts/make_reference.py [results/quick/summary.json] [tests/reference/quick.json]
+                                                  [--extra=LABEL=CLAIMS.json ...]
+
+`--extra` adds the claims of a test run under other arithmetic (e.g. `ATEN_CPU_CAPABILITY=default`, seed 0:
+the `claims/*.json` of its `$REPRO_RESULTS`) as further draws: for chaotic claims another CPU's rounding
+moves the result as much as another seed does, or more, and the seeds alone would underestimate that.
 
 Band of each claim: a 99% prediction interval for one new draw from the seeds' distribution,
 `mean ± t(0.995, n−1)·sd·√(1 + 1/n)`, widened by 2% of the largest |value| plus 1e-6 (claims the seed does
@@ -30,15 +35,21 @@ def band(values: list[float]) -> tuple[float, float, float, float]:
     return mean, sd, mean - half, mean + half
 
 
-def main(summary_path: Path, out: Path) -> None:
+def main(summary_path: Path, out: Path, extras: dict[str, Path]) -> None:
     summary = json.loads(summary_path.read_text())
+    extra_rows = {label: json.loads(path.read_text()) for label, path in extras.items()}
     claims = {}
     for c in summary["claims"]:
-        values = c["ours"]["values"]
+        values = list(c["ours"]["values"])
+        runs = [f"seed {s}" for s in c["ours"]["seeds"]]
+        for label, rows in extra_rows.items():
+            if c["id"] in rows:
+                values.append(rows[c["id"]]["value"])
+                runs.append(f"seed {rows[c['id']]['seed']}, {label}")
         finite = [v for v in values if math.isfinite(v)]
         if c["ours"]["n"] < 3:
             raise SystemExit(f"{c['id']}: needs >= 3 seeds for a band, has {values}")
-        entry = {"notebook": c["notebook"], "values": values, "seeds": c["ours"]["seeds"],
+        entry = {"notebook": c["notebook"], "values": values, "seeds": c["ours"]["seeds"], "runs": runs,
                  "nan_allowed": len(finite) < len(values)}  # a seed gave no number (e.g. nothing certified)
         if len(finite) >= 2:
             mean, sd, low, high = band(finite)
@@ -47,6 +58,7 @@ def main(summary_path: Path, out: Path) -> None:
             raise SystemExit(f"{c['id']}: only one finite value among {values}; run more seeds")
         claims[c["id"]] = entry
     ref = {"profile": summary["profile"], "commit": summary["commit"], "hardware": summary.get("hardware"),
+           "extra_runs": sorted(extras),
            "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "band": "mean ± t(0.995, n-1)·sd·sqrt(1 + 1/n) + 0.02·max|value| + 1e-6", "claims": claims}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +67,8 @@ def main(summary_path: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
+    args = [a for a in sys.argv[1:] if not a.startswith("--extra")]
+    extras = dict(a[len("--extra="):].rsplit("=", 1) for a in sys.argv[1:] if a.startswith("--extra="))
     main(Path(args[0]) if args else ROOT / "results" / "quick" / "summary.json",
-         Path(args[1]) if len(args) > 1 else ROOT / "tests" / "reference" / "quick.json")
+         Path(args[1]) if len(args) > 1 else ROOT / "tests" / "reference" / "quick.json",
+         {label: Path(path) for label, path in extras.items()})

@@ -3,8 +3,9 @@
 nbval re-executes every notebook first (`./run_tests.sh` passes `notebooks` before `tests`) and compares
 only outputs that do not depend on last-bit arithmetic; the notebooks' claims land in `$REPRO_RESULTS`.
 Here each claim's value (seed 0) must fall inside the band of `tests/reference/quick.json`, which
-`scripts/make_reference.py` derives from a multi-seed run of the main job: a 99% prediction interval for one
-new draw, `mean ± t(0.995, n−1)·sd·√(1 + 1/n)`, widened by 2% of the largest |value| (+1e-6) so that
+`scripts/make_reference.py` derives from a multi-seed run of the main job plus the claims of a test run under
+other arithmetic (`ATEN_CPU_CAPABILITY=default`: another CPU's rounding moves chaotic results as much as a
+new seed does): a 99% prediction interval for one new draw, `mean ± t(0.995, n−1)·sd·√(1 + 1/n)`, widened by 2% of the largest |value| (+1e-6) so that
 claims the seed does not move still tolerate another CPU's rounding. A changed result, a claim that
 disappeared, or one without a reference fails.
 """

@@ -224,7 +224,7 @@ def test_worker_killed_mid_job_is_retried_on_the_other(dask_cluster, tmp_path):
 
 def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
     results = tmp_path / "results"
-    grid = ("--grid", "seed=0,1,2", "--grid", "sleep=1")
+    grid = ("--grid", "seed=0,1,2", "--grid", "sleep=3")  # long enough that Ctrl-C lands mid-run on a fast machine
     proc = start(results, "--workers", "1", *grid)
     try:
         for _ in range(1200):
