@@ -33,7 +33,13 @@ def run(results: Path, *args: str, timeout: float = 120) -> subprocess.Completed
 def start(results: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gsmu.runner", "--notebooks", str(DATA), "--results",
                              str(results), *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A test command started in the background (nohup ... &, some CI shells) inherits SIGINT as ignored, and
+    # Python keeps an ignored SIGINT ignored: restore the default so the Ctrl-C test means something.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def summary(results: Path) -> dict:
