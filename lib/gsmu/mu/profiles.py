@@ -15,6 +15,7 @@ from ..base.profiles import Experiment
 @dataclass(frozen=True)
 class SpamFeatures(Experiment):
     """05: feature unlearning on Spambase (MU paper §6.1): random feature sets and the affected-rows sweep."""
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 20, "paper": 120}  # scheduling hint: one job, one thread
     runs: int = 2  # repetitions per random feature-set size and per affected-row count
     feature_counts: tuple[int, ...] = (3, 20)  # sizes of the random feature sets removed
     affected_rows: tuple[int, ...] = (10, 100, 1000)  # rows in which the donor features are zeroed
@@ -29,6 +30,7 @@ class SpamFeatures(Experiment):
 @dataclass(frozen=True)
 class SpamCertified(Experiment):
     """06: certified unlearning (MU paper §5): the σ each update needs and the accuracy at that σ."""
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 10, "paper": 60}  # scheduling hint: one job, one thread
     draws: int = 2  # noise draws per method; σ grows until every draw is certified
     rounds: int = 4  # σ-raising rounds at most (each round: `draws` noisy trainings)
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"quick": dict(draws=2, rounds=4),
@@ -38,7 +40,9 @@ class SpamCertified(Experiment):
 @dataclass(frozen=True)
 class LabelPoisoning(Experiment):
     """07: label-flip poisoning repair (MU paper §6.3) on an MNIST CNN; the CNN recipe of both models."""
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 150, "paper": 3000}  # scheduling hint: one job, one thread
     n_train: int = 10000  # training images (the first n of the split)
+    budgets: tuple[float, ...] = (0.4,)  # shares of each class flipped; the main budget must be one of them
     whole_rows: int = 250  # H subsample of the whole-model second-order update
     whole_iterations: int = 20  # CG iterations of the whole-model update
     epochs: int = 3
@@ -50,8 +54,9 @@ class LabelPoisoning(Experiment):
     schedule: str = "linear"
     timing_repeats: int = 3  # repeats of the timed calls (median wall time, one thread)
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": dict(n_train=10000, whole_rows=250, whole_iterations=20, epochs=3),
-        "paper": dict(n_train=40000, whole_rows=5000, whole_iterations=100, epochs=30),
+        # quick: one budget (each further budget trains two more CNNs; the per-budget curve is the paper profile's)
+        "quick": dict(n_train=10000, budgets=(0.4,), whole_rows=250, whole_iterations=20, epochs=3),
+        "paper": dict(n_train=40000, budgets=(0.2, 0.3, 0.4, 0.45), whole_rows=5000, whole_iterations=100, epochs=30),
     }
 
     @property
@@ -64,6 +69,7 @@ class LabelPoisoning(Experiment):
 @dataclass(frozen=True)
 class Canary(Experiment):
     """08: unlearning a canary from a character LSTM (MU paper §6.2, exposure of Carlini et al.)."""
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 180, "paper": 1500}  # scheduling hint: one job, one thread
     chars: int = 20_000  # training characters of the book (the canary copies come on top)
     val_chars: int = 10_000  # held-out characters at the end of the book
     length: int = 65  # window length (the whole canary fits)
@@ -98,3 +104,32 @@ NOTEBOOKS: dict[str, type[Experiment]] = {
     "07_unlearning_labels": LabelPoisoning,
     "08_unlearning_canary": Canary,
 }
+
+
+@dataclass(frozen=True)
+class AuthorsFeatures(Experiment):
+    """09: feature unlearning on the MU authors' data — Drebin, Adult, Diabetes (MU paper §6.1). Sizes: rows
+    kept per data set (None: all; the quick profile subsamples Drebin and Adult to fit one CPU thread)."""
+    drebin_train_rows: int | None = 1500  # Drebin training apps (of 39,380); validation rows in proportion
+    drebin_test_rows: int | None = 1000  # Drebin test apps (of 9,846)
+    adult_train_rows: int | None = 3000  # Adult training rows after the validation hold-out (of 26,049)
+    adult_test_rows: int | None = 2000  # Adult test rows (of 16,281)
+    feature_counts: tuple[int, ...] = (10, 50, 100)  # k features removed (all of them where fewer are listed)
+    timing_repeats: int = 3  # repeats of the timed calls (median wall time, one thread)
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(drebin_train_rows=1500, drebin_test_rows=1000, adult_train_rows=3000, adult_test_rows=2000,
+                      feature_counts=(10, 50, 100), timing_repeats=3),
+        "paper": dict(drebin_train_rows=None, drebin_test_rows=None, adult_train_rows=None, adult_test_rows=None,
+                      feature_counts=(10, 50, 100), timing_repeats=5),
+    }
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 40.0, "paper": 1200.0}  # one job, one thread, roughly
+
+    def rows(self, name: str) -> dict[str, int | None]:
+        """`gsmu.mu.authors_features.prepare`'s row counts for data set `name` (Diabetes: all 768 rows)."""
+        if name == "Diabetes":
+            return {"train_rows": None, "test_rows": None}
+        prefix = name.lower()
+        return {"train_rows": getattr(self, f"{prefix}_train_rows"), "test_rows": getattr(self, f"{prefix}_test_rows")}
+
+
+NOTEBOOKS["09_unlearning_authors_data"] = AuthorsFeatures
