@@ -334,3 +334,27 @@ def test_slurm_cluster_from_a_config_file(tmp_path):
         cluster.close()
     assert "#SBATCH -p gpu" in script and "#SBATCH --gres=gpu:1" in script and "#SBATCH -t 04:00:00" in script
     assert "export OMP_NUM_THREADS=1" in script and "--nthreads 1" in script
+
+
+def test_plan_starts_the_longest_chain_first(tmp_path, monkeypatch):
+    from dataclasses import dataclass
+    from gsmu import experiments
+    from gsmu.base.profiles import Experiment
+
+    def exp(seconds: float, needs: tuple = ()):
+        @dataclass(frozen=True)
+        class E(Experiment):
+            SECONDS = {"quick": seconds}
+            NEEDS = needs
+        return E
+
+    # 00 is short but 02 (long) and 03 need its model: chain 10 + 100 + 50 beats the standalone 120
+    registry = {"00_a": exp(10), "02_b": exp(100, ("00_a",)), "03_c": exp(50, ("02_b",)), "05_d": exp(120),
+                "06_e": exp(5)}
+    monkeypatch.setattr(experiments, "NOTEBOOKS", registry)
+    assert experiments.critical_path(list(registry), "quick") == {"00_a": 160, "02_b": 150, "03_c": 50,
+                                                                  "05_d": 120, "06_e": 5}
+    for name in registry:
+        shutil.copy(BOOK, tmp_path / f"{name}.ipynb")
+    jobs = runner.plan(runner.find_notebooks(tmp_path), "quick", tmp_path / "r", {"seed": [0]}, "c", "d")
+    assert [j.stem for j in sorted(jobs, key=lambda j: j.order)] == ["00_a", "02_b", "05_d", "03_c", "06_e"]

@@ -104,15 +104,19 @@ def test_notebooks_02_to_04_share_one_fine_tuning_budget():
     from dataclasses import asdict
     from gsmu.gs import profiles
     n02 = profiles.slingshot_settings("quick", unit=0, alpha=0.8, w=0.0, gamma=10.0, sigma=0.1, seed=1)
-    n03 = profiles.slingshot_settings("quick", unit=0, seed=1, alpha=0.8)
+    sweep = profiles.AlphaSweep.for_profile("quick")
+    n03 = sweep.settings("quick", 0.8, unit=0, seed=1)
     n04 = profiles.slingshot_settings("quick", unit=0, seed=1)
     assert asdict(n02) == asdict(n03) == asdict(n04)
     budget = profiles.FineTuning.for_profile("quick")
     assert (n04.lr, n04.steps, n04.check_every) == (budget.lr, budget.steps, budget.check_every)
     paper = profiles.slingshot_settings("paper")
     assert (paper.lr, paper.steps) == (1e-3, 30 * profiles.PAPER_EPOCH)  # the authors' 30 epochs at lr 1e-3
-    assert set(profiles.NOTEBOOKS) == {"00_models", "01_feature_visualization", "02_slingshot_manipulation",
+    assert set(profiles.NOTEBOOKS) >= {"00_models", "01_feature_visualization", "02_slingshot_manipulation",
                                        "03_slingshot_alpha", "04_slingshot_defense"}
+    # the small-α end of the quick sweep stops early; the paper profile gives every α the full budget
+    assert sweep.settings("quick", 0.05, seed=1).steps == sweep.small_alpha_steps < budget.steps
+    assert profiles.AlphaSweep.for_profile("paper").settings("paper", 0.05).steps == paper.steps
     assert all(cls.grid(p)["seed"] == [0, 1, 2] for cls in profiles.NOTEBOOKS.values() for p in ("quick", "paper"))
     with pytest.raises(ValueError, match="n_fv"):
         profiles.Manipulation.for_profile("quick", n_fv=3)

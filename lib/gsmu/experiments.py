@@ -12,3 +12,22 @@ def grid(notebook: str, profile: str) -> dict[str, list]:
     """Parameter values to sweep for `notebook` (its file stem) in `profile`; seeds {0, 1, 2} by default."""
     cls = NOTEBOOKS.get(notebook, Experiment)
     return cls.grid(profile)
+
+
+def critical_path(notebooks: list[str], profile: str) -> dict[str, float]:
+    """Seconds of work that must follow the start of each notebook's job: its own `SECONDS` plus the longest
+    chain of notebooks that `NEEDS` it. The main job starts the longest chains first (critical-path order)."""
+    def cls(stem: str) -> type[Experiment]:
+        return NOTEBOOKS.get(stem, Experiment)
+
+    out: dict[str, float] = {}
+
+    def visit(stem: str) -> float:
+        if stem not in out:
+            after = [visit(d) for d in notebooks if stem in cls(d).NEEDS and d != stem]
+            out[stem] = cls(stem).SECONDS.get(profile, 0.0) + max(after, default=0.0)
+        return out[stem]
+
+    for stem in notebooks:
+        visit(stem)
+    return out

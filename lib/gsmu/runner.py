@@ -13,8 +13,9 @@ A job whose `job.json` says "passed" is skipped on the next run (resume after Ct
 The engine is Dask distributed: by default a `LocalCluster` with one single-threaded worker process per
 core (`--workers N`); `--scheduler tcp://HOST:PORT` uses a running cluster; `--cluster slurm` starts
 dask-jobqueue's `SLURMCluster` from the dask configuration (`jobqueue.slurm` in ~/.config/dask/*.yaml,
-or the file given with `--cluster-config`). Jobs are submitted with `retries=1` and a priority that keeps
-notebook order (a later notebook may load a model an earlier one trained through the checkpoint cache).
+or the file given with `--cluster-config`). Jobs are submitted with `retries=1` and a priority in
+critical-path order: the notebook with the longest chain of work behind it (its own `Experiment.SECONDS`
+plus the notebooks that `NEEDS` its cached models) starts first, so the workers stay busy until the end.
 A job whose notebook raises fails alone; a kernel or worker that dies is retried on another worker. The
 run ends with a table, and exits 1 naming the failed jobs and their executed notebooks.
 
@@ -59,7 +60,7 @@ class Job:
     parameters: dict
     key: str
     out: Path
-    order: int  # position of the notebook in execution order, then of the parameter set in its grid
+    order: int  # position of the notebook in start order (longest chain first), then of the parameter set
     env: dict = field(default_factory=dict)
 
     @property
@@ -166,9 +167,14 @@ def parse_grid(items: list[str] | None) -> dict[str, list]:
 def plan(books: list[Path], profile: str, results: Path, grid_override: dict[str, list],
          commit: str, data: str, env: dict | None = None) -> list[Job]:
     """Every job of `books`' grids (with `grid_override` replacing the named parameters' values)."""
-    from .experiments import grid
+    from .experiments import critical_path, grid
+    stems = [b.stem for b in books]
+    chain = critical_path(stems, profile)
+    # Longest chain first; ties keep file order (a later notebook may load an earlier one's cached model).
+    rank = {stem: r for r, stem in enumerate(sorted(stems, key=lambda s: (-chain[s], stems.index(s))))}
     jobs = []
-    for i, book in enumerate(books):
+    for book in books:
+        i = rank[book.stem]
         g = {**grid(book.stem, profile), **grid_override}
         digest = notebook_digest(book)
         names = list(g)

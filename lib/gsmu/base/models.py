@@ -49,8 +49,10 @@ class MnistCNN(nn.Module):
         self.out = nn.Linear(84, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(self.normalize(x))), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2).flatten(1)
+        # Pooling in channels-last layout: the CPU max-pool kernel is ~6x faster there, which makes the
+        # slingshot's double backward ~20 % cheaper (bench/slingshot.py); the values are the same.
+        x = F.max_pool2d(F.relu(self.conv1(self.normalize(x))).contiguous(memory_format=torch.channels_last), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)).contiguous(memory_format=torch.channels_last), 2).flatten(1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         x = F.relu(self.fc3(x))

@@ -4,6 +4,8 @@ An experiment subclasses `Experiment` (a frozen dataclass) and lists its setting
 `PROFILES`; `for_profile("quick", lr=1e-3)` builds the config, applying the notebook's overrides and
 rejecting unknown names. `GRID` lists the parameter values the main job sweeps for that notebook, per
 profile (seeds at least: every paper claim comes from several seeds); each combination is one job.
+`SECONDS` (a job's rough one-thread duration per profile) and `NEEDS` (the notebooks whose cached models it
+loads) let the main job start the longest chains of work first, so the workers do not idle at the end.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class Experiment:
     """Base class of an experiment's settings. Subclasses add typed fields and fill PROFILES and GRID."""
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {}
     GRID: ClassVar[dict[str, dict[str, list]]] = {"quick": {"seed": [0, 1, 2]}, "paper": {"seed": [0, 1, 2]}}
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 60.0, "paper": 600.0}  # one job, one thread, roughly
+    NEEDS: ClassVar[tuple[str, ...]] = ()  # notebooks (file stems) that train the models this one loads
 
     @classmethod
     def for_profile(cls, profile: str, **overrides: Any) -> "Experiment":
