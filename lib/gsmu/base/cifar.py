@@ -120,3 +120,43 @@ def load_cifar10(split: str, dtype: str = "float32", mirror: str | Path | None =
     xs, ys = _jpeg_split(split, base)
     x = torch.from_numpy(xs)
     return (x.float() / 255.0 if dtype == "float32" else x), torch.from_numpy(ys), SOURCE_JPEG
+
+
+def subset(y, n: int, seed: int):
+    """Indices of a class-balanced random subset of n rows (n/10 per class; all rows when n ≥ len(y)), sorted."""
+    import torch
+    from .runtime import check_int
+    check_int("n", n, 10)
+    if n >= len(y):
+        return torch.arange(len(y))
+    gen = torch.Generator().manual_seed(seed)
+    per_class = n // 10
+    picks = [torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=gen)[:per_class]]
+             for c in range(10)]
+    return torch.cat(picks).sort().values
+
+
+def vgg_model(arch: str, width: int, recipe: dict, seed: int = 0, n_train: int = 50_000,
+              device=None, progress: bool = True):
+    """A VGG (`models.vgg(arch, width)`, BatchNorm) trained on CIFAR-10 with `recipe` (keyword arguments of
+    `train.fit_classifier`) on a class-balanced `n_train`-image subset drawn with `seed`; cached by
+    `train.cached_model` (the key holds the data source, so JPEG-copy and torchvision models stay apart).
+    Returns (model in eval mode, the training subset x float32, its labels, source)."""
+    import torch
+    from . import models, train
+    x8, y, source = load_cifar10("train", dtype="uint8")
+    idx = subset(y, n_train, seed)
+    x, y = x8[idx].float() / 255.0, y[idx]
+    key = {"name": f"vgg{arch}{width}_cifar10", "data": f"cifar10:train:{source}", "n_train": len(idx),
+           "seed": seed, **recipe}
+
+    def build():
+        torch.manual_seed(seed)
+        return models.vgg(arch, width)
+
+    def fit(model):
+        train.fit_classifier(model, x, y, seed=seed, device=device, progress=progress, **recipe)
+
+    noise = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = train.cached_model(key, build, fit, device, probe=train.loss_probe(noise, torch.arange(16) % 10))
+    return model, x, y, source
