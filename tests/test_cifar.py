@@ -122,3 +122,29 @@ def test_bad_arguments_name_the_parameter():
         cifar.load_cifar10("val")
     with pytest.raises(ValueError, match="dtype"):
         cifar.load_cifar10("test", dtype="float16")
+
+
+def test_subset_is_balanced_deterministic_and_seeded():
+    y = torch.arange(10).repeat_interleave(50)
+    a, b, c = cifar.subset(y, 100, seed=0), cifar.subset(y, 100, seed=0), cifar.subset(y, 100, seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert y[a].bincount(minlength=10).tolist() == [10] * 10 and len(set(a.tolist())) == 100
+    assert torch.equal(cifar.subset(y, 1000, seed=0), torch.arange(500))  # n beyond the data: all rows
+    with pytest.raises(ValueError, match="n"):
+        cifar.subset(y, 5, seed=0)
+
+
+def test_vgg_model_trains_once_then_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path))
+    monkeypatch.setattr(cifar, "load_cifar10", lambda split, dtype="float32": (
+        torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8), torch.arange(10).repeat(20), "test source"))
+    from gsmu.base import train
+    fits = []
+    real = train.fit_classifier
+    monkeypatch.setattr(train, "fit_classifier", lambda *a, **k: fits.append(1) or real(*a, **k))
+    recipe = dict(epochs=1, batch_size=50, lr=1e-3, optimizer="adam", schedule="none")
+    m1, x, y, source = cifar.vgg_model("A", 2, recipe, seed=0, n_train=100, progress=False)
+    m2, *_ = cifar.vgg_model("A", 2, recipe, seed=0, n_train=100, progress=False)
+    assert len(fits) == 1 and source == "test source"
+    assert x.shape == (100, 3, 32, 32) and x.dtype == torch.float32 and y.bincount().tolist() == [10] * 10
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
