@@ -117,8 +117,10 @@ class CifarSlingshot(Experiment):
     Quick (≈ 100 s per seed on one CPU thread, training included): A8 on a balanced 10k-image subset,
     3 epochs Adam, 500 slingshot steps at lr 3e-3 (the authors' lr 1e-4 moves little in 500 steps) with
     halved batches. Paper: A64 on all 50k images with the authors' recipe for the original small models
-    (SGD lr 1e-3, momentum 0.9, StepLR(20, 0.5), 30 epochs), α 0.05, 50 epochs of fine-tuning, and the
-    depth × width grid {A, B, C, D} × {8, 16, 32, 64} as the sweep.
+    (SGD lr 1e-3, momentum 0.9, StepLR(20, 0.5), 30 epochs), α 0.025, 50 epochs of fine-tuning, and the
+    depth × width grid {A, B, C, D} × {8, 16, 32, 64} as the sweep (the grid's Δacc/ΔAUROC are compared at
+    α 0.025). The headline A64 accuracy (86.33% → 85.21%) is at α 0.05: the notebook's `alpha` parameter,
+    e.g. `--grid alpha=0.05 --grid arch=A --grid width=64` in the main job.
     """
     arch: str = "A"             # VGG configuration (A = VGG-9)
     width: int = 8              # channels of the first block (64 = the original VGG)
@@ -140,7 +142,7 @@ class CifarSlingshot(Experiment):
                       schedule="none", alpha=0.025, lr=3e-3, steps=500, check_every=100, manip_batch=16,
                       pres_batch=32, n_fvs=16),
         "paper": dict(arch="A", width=64, n_train=50_000, epochs=30, batch_size=64, train_lr=1e-3, optimizer="sgd",
-                      schedule="step", alpha=0.05, lr=1e-4, steps=50 * PAPER_EPOCH, check_every=PAPER_EPOCH,
+                      schedule="step", alpha=0.025, lr=1e-4, steps=50 * PAPER_EPOCH, check_every=PAPER_EPOCH,
                       manip_batch=32, pres_batch=64, n_fvs=100),
     }
     GRID: ClassVar[dict[str, dict[str, list]]] = {
