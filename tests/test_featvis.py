@@ -155,3 +155,48 @@ def test_strategy_objects_compose_like_the_presets():
         featvis.Strategy(clip=0.0)
     with pytest.raises(ValueError, match="strategy"):
         featvis.strategy_preset("sgd+gc+tr")
+
+
+def test_matches_a_straightforward_reference_loop():
+    """visualize (one hook for the whole run, thread setting, trajectory bookkeeping) gives the images of a
+    plain loop: model(x), the unit by direct indexing, per-image clip, q ← q − lr·g."""
+    model, units, n_inits, lr, clip, steps = tiny_cnn(), [0, 3, 1], 2, 0.5, 0.2, 12
+    res = featvis.visualize(model, "4", units, (1, 12, 12), n_inits=n_inits, strategy="sgd+gc", lr=lr,
+                            clip=clip, steps=steps, seed=4)
+    q = torch.stack([0.01 * torch.randn(1, 12, 12, generator=torch.Generator().manual_seed(4 + i))
+                     for i in range(n_inits)]).repeat(len(units), 1, 1, 1).requires_grad_(True)
+    rows, cols = torch.arange(len(units) * n_inits), torch.tensor(units).repeat_interleave(n_inits)
+    first = None
+    for _ in range(steps):
+        value = model(q)[rows, cols]  # pixel parameterization without normalization: x = q
+        first = value.detach() if first is None else first
+        (g,) = torch.autograd.grad(-value.sum(), q)
+        norms = g.flatten(1).norm(dim=1)
+        g = g * torch.where(norms > clip, clip / norms, torch.ones_like(norms)).view(-1, 1, 1, 1)
+        with torch.no_grad():
+            q -= lr * g
+    torch.testing.assert_close(res.images.reshape(-1, 1, 12, 12), q.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(res.trajectory[0].reshape(-1), first, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(res.trajectory[-1].reshape(-1), model(q)[rows, cols], rtol=0, atol=1e-6)
+    assert not model[4]._forward_hooks
+
+
+def test_runs_with_the_library_thread_count_and_restores_it(monkeypatch):
+    from gsmu.base import runtime
+    for value, expected in (("", 1), ("3", 3), ("two", 1), ("0", 1)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert runtime.cpu_threads() == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    try:
+        featvis.visualize(tiny_cnn(), "4", lambda out: seen.append(torch.get_num_threads()) or out[:, 0],
+                          (1, 12, 12), steps=3)
+        assert seen == [1] * 4 and torch.get_num_threads() == 2  # 3 steps and the final evaluation
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="n="):
+        with runtime.torch_threads(0):
+            pass

@@ -181,6 +181,31 @@ def progress_off(progress: bool) -> bool:
     return not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
 
 
+def cpu_threads() -> int:
+    """The torch CPU thread count the library runs with: `OMP_NUM_THREADS` when it is a positive integer, else 1
+    (the main job and the test command set it to 1). torch's own default is one thread per core, and its OpenMP
+    workers spin at every parallel region: when another process holds one of the cores, each region waits
+    for the descheduled worker, so on a shared 2-core machine two threads made batched feature visualization
+    8× slower than one (bench/featvis.py). Set `OMP_NUM_THREADS` to use more cores on a machine of your own."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+@contextmanager
+def torch_threads(n: int | None = None) -> Iterator[int]:
+    """Run the block with `n` torch intra-op CPU threads (default `cpu_threads()`), then restore the count."""
+    import torch
+    n = cpu_threads() if n is None else check_int("n", n, low=1)
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def notebook_name() -> str:
     """Name of the notebook being run (set by run_all.sh), 'interactive' otherwise."""
     return os.environ.get("REPRO_NOTEBOOK", "interactive")

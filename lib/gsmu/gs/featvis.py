@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..base.runtime import progress_off, check_choice, get_device
+from ..base.runtime import progress_off, check_choice, get_device, torch_threads
 
 PARAMETERIZATIONS = ("pixel", "fourier")
 # Lucid/Lucent colour-correlation square root (ImageNet statistics), normalized by its largest column norm.
@@ -47,16 +47,36 @@ def get_layer(model: nn.Module, layer: str) -> nn.Module:
     return modules[layer]
 
 
+class LayerTap:
+    """A forward hook on `layer` kept for a whole optimization (one registration instead of one per step):
+    `tap(x)` runs `model(x)` and returns the layer's output; use as a context manager, which removes the hook."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        self.model, self._out = model, None
+        self._handle = get_layer(model, layer).register_forward_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, _inputs: tuple, out) -> None:
+        self._out = out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._out = None
+        self.model(x)
+        out, self._out = self._out, None  # hold no reference to the graph between steps
+        if out is None:
+            raise RuntimeError("the hooked layer did not run in model(x).")
+        return out[0] if isinstance(out, tuple) else out  # e.g. nn.LSTM returns (output, state)
+
+    def __enter__(self) -> "LayerTap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
 def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """Run `model(x)` and return the output of `layer`; the hook is removed whatever happens."""
-    captured: list[torch.Tensor] = []
-    handle = get_layer(model, layer).register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        model(x)
-    finally:
-        handle.remove()
-    out = captured[-1]
-    return out[0] if isinstance(out, tuple) else out  # e.g. nn.LSTM returns (output, state)
+    with LayerTap(model, layer) as tap:
+        return tap(x)
 
 
 def n_units(output: torch.Tensor) -> int:
@@ -351,19 +371,20 @@ def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[i
     trajectory = []
     was_training = model.training
     model.eval()
-    try:
-        for _ in tqdm(range(steps), disable=progress_off(progress), desc="FV", leave=False):
-            x = eta(q)
-            for transform in strategy.transforms:
-                x = transform(x, generators)
-            value = objective(layer_output(model, layer, x))
-            trajectory.append(value.detach())
-            (grad,) = torch.autograd.grad(-value.sum(), q)
-            q.grad = grad if strategy.clip is None else clip_per_sample(grad, strategy.clip)
-            optimizer.step()
-        with torch.no_grad():
-            images = eta(q)
-            trajectory.append(objective(layer_output(model, layer, images)))
+    try:  # the library's CPU thread count (runtime.cpu_threads): torch's one-per-core default is slower when shared
+        with torch_threads(), LayerTap(model, layer) as tap:
+            for _ in tqdm(range(steps), disable=progress_off(progress), desc="FV", leave=False):
+                x = eta(q)
+                for transform in strategy.transforms:
+                    x = transform(x, generators)
+                value = objective(tap(x))
+                trajectory.append(value.detach())
+                (grad,) = torch.autograd.grad(-value.sum(), q)
+                q.grad = grad if strategy.clip is None else clip_per_sample(grad, strategy.clip)
+                optimizer.step()
+            with torch.no_grad():
+                images = eta(q)
+                trajectory.append(objective(tap(images)))
     finally:
         model.train(was_training)
     shape = (len(unit_list), n_inits)
