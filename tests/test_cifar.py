@@ -148,3 +148,19 @@ def test_vgg_model_trains_once_then_loads(tmp_path, monkeypatch):
     assert len(fits) == 1 and source == "test source"
     assert x.shape == (100, 3, 32, 32) and x.dtype == torch.float32 and y.bincount().tolist() == [10] * 10
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_parallel_first_loads_decode_once(tiny, monkeypatch):
+    import threading
+    import time
+    mirror, _, calls = tiny
+    counted = cifar._decode_split
+    monkeypatch.setattr(cifar, "_decode_split", lambda *a: time.sleep(0.3) or counted(*a))  # a slow decode
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(cifar.load_cifar10("train", mirror=mirror))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 3 and len(calls) == 1  # the others waited on the lock, then read the cache
+    assert all(torch.equal(o[0], out[0][0]) for o in out)
