@@ -164,3 +164,15 @@ def test_parallel_first_loads_decode_once(tiny, monkeypatch):
         t.join()
     assert len(out) == 3 and len(calls) == 1  # the others waited on the lock, then read the cache
     assert all(torch.equal(o[0], out[0][0]) for o in out)
+
+
+def test_shuffled_mixes_the_class_ordered_copy():
+    """The JPEG copy is ordered by class: `shuffled` (used for train/validation cuts and prefixes) is a fixed
+    permutation of the same rows, whose prefix holds every class."""
+    x, y, _ = cifar.load_cifar10("test")
+    xs, ys = cifar.shuffled("test", seed=0)
+    assert len(torch.unique(y[:500])) == 1  # the copy's own order: one class first
+    assert len(torch.unique(ys[:500])) == 10
+    assert torch.equal(torch.bincount(ys), torch.bincount(y))
+    xs2, _ = cifar.shuffled("test", seed=0)
+    assert torch.equal(xs, xs2)

@@ -212,7 +212,8 @@ def load_images(source: str, shape: tuple[int, int, int], limit: int) -> tuple[t
     import torch.nn.functional as F
     if source in BUILTIN_IMAGES:
         from .base import data
-        x, _ = data.load_mnist("test") if source == "mnist" else data.load_cifar10("test")
+        from .base import cifar
+        x, _ = data.load_mnist("test") if source == "mnist" else cifar.shuffled("test")
         x = x[:limit].float()
         if x.max() > 1:
             x = x / 255.0

@@ -122,6 +122,15 @@ def load_cifar10(split: str, dtype: str = "float32", mirror: str | Path | None =
     return (x.float() / 255.0 if dtype == "float32" else x), torch.from_numpy(ys), SOURCE_JPEG
 
 
+def shuffled(split: str, seed: int = 0):
+    """(x float32, y) of `split` in a fixed random order — the JPEG copy is ordered by class, so a prefix
+    or a train/validation cut of it would hold only some classes; torchvision's download is mixed already."""
+    import torch
+    x, y, _ = load_cifar10(split)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[order], y[order]
+
+
 def subset(y, n: int, seed: int):
     """Indices of a class-balanced random subset of n rows (n/10 per class; all rows when n ≥ len(y)), sorted."""
     import torch

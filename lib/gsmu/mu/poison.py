@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..base import data, models, train
+from ..base import cifar, data, models, train
 from . import cost, unlearn
 from .influence import Curvature, Objective, ParamSpace, gradient_difference, top_eigenvalue
 from ..base.runtime import device_of, check_choice, check_profile, check_range, get_device
@@ -57,7 +57,7 @@ def load_split(dataset: str, split: str) -> tuple[Tensor, Tensor]:
     check_choice("split", split, ("train", "val", "test"))
     if dataset == "mnist":
         return data.load_mnist(split)
-    loader = data.load_fashion_mnist if dataset == "fashion_mnist" else data.load_cifar10
+    loader = data.load_fashion_mnist if dataset == "fashion_mnist" else cifar.shuffled
     if split == "test":
         return loader("test")
     x, y = loader("train")
