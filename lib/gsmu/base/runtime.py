@@ -185,8 +185,9 @@ def cpu_threads() -> int:
     """The torch CPU thread count the library runs with: `OMP_NUM_THREADS` when it is a positive integer, else 1
     (the main job and the test command set it to 1). torch's own default is one thread per core, and its OpenMP
     workers spin at every parallel region: when another process holds one of the cores, each region waits
-    for the descheduled worker, so on a shared 2-core machine two threads made batched feature visualization
-    8× slower than one (bench/featvis.py). Set `OMP_NUM_THREADS` to use more cores on a machine of your own."""
+    for the descheduled worker, so on a 2-core machine shared with other jobs two threads made the MNIST CNN's
+    forward + backward and batched feature visualization 4–8× slower than one (bench/featvis.py); on an idle
+    one they were 1.8× faster. Set `OMP_NUM_THREADS` to use more cores on a machine of your own."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else 1
 
