@@ -75,14 +75,60 @@ def test_few_steps_move_fv_toward_target_and_keep_original():
     target[0, 2:6, 2:6] = 1.0
     x_data = torch.rand(256, 1, 8, 8)
     settings = slingshot.Settings(layer="5", unit=0, alpha=0.5, steps=150, check_every=50, check_inits=2,
-                                  check_fv_steps=60, lr=3e-3, manip_batch=16, pres_batch=32)
+                                  check_fv_steps=60, lr=3e-3, manip_batch=16, pres_batch=32,
+                                  max_disagreement=None)  # the movement itself; the checkpoint rule is tested below
     model, log = slingshot.manipulate(original, target, x_data, settings, progress=False)
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
     assert fv_distance(model, target) < 0.5 * fv_distance(original, target)
     assert len(log.loss_m) == 150 and log.checks[0][0] == 0
 
 
+def test_checkpoint_rule_keeps_only_preserving_checkpoints():
+    """The kept checkpoint is the best-SSIM one among those whose recorded agreement meets the bound; with a
+    bound no manipulated checkpoint meets, the original weights come back (step 0)."""
+    original, target = tiny_cnn(), torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1.0
+    x_data = torch.rand(256, 1, 8, 8)
+    common = dict(layer="5", unit=0, alpha=0.1, steps=120, check_every=40, check_inits=2, check_fv_steps=30,
+                  lr=1e-2, manip_batch=16, pres_batch=32, check_rows=200)
+    free_model, free = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_disagreement=None),
+                                            progress=False)
+    assert [s for s, _ in free.agreement] == [s for s, _ in free.checks] == [0, 40, 80, 120]
+    assert free.best_ssim == pytest.approx(max(v for _, v in free.checks), abs=1e-5)  # checks are rounded
+    predicted = original(x_data).argmax(1)
+    rows = torch.randperm(256, generator=torch.Generator().manual_seed(0))[:200]
+    kept_agreement = (free_model(x_data[rows]).argmax(1) == predicted[rows]).float().mean().item()
+    assert kept_agreement == pytest.approx(dict(free.agreement)[free.best_step], abs=1e-5)  # independent recount
+    bound = 1 - min(a for step, a in free.agreement if step > 0) - 1e-6  # the least-agreeing checkpoint fails
+    ruled_model, ruled = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_disagreement=max(bound, 0.0)),
+                                              progress=False)
+    kept = dict(ruled.agreement)[ruled.best_step]
+    assert 1 - kept <= max(bound, 0.0)
+    allowed = [v for s, v in ruled.checks if 1 - dict(ruled.agreement)[s] <= max(bound, 0.0)]
+    assert ruled.best_ssim == pytest.approx(max(allowed), abs=1e-5) and len(allowed) < len(ruled.checks)
+    strict_model, strict = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_disagreement=0.0),
+                                                progress=False)
+    assert all(a < 1 for step, a in strict.agreement if step > 0)  # lr 1e-2 on a random 3-class net moves predictions
+    assert strict.best_step == 0
+    assert all(torch.equal(a, b) for a, b in zip(strict_model.state_dict().values(), original.state_dict().values()))
+
+
+def test_precomputed_reference_equals_per_step_forward():
+    original, x = tiny_cnn(), torch.rand(300, 1, 8, 8)
+    ref = slingshot.reference_outputs(original, "5", x, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(ref, original(x), atol=1e-6)
+    model = tiny_cnn(1)
+    idx = torch.arange(0, 300, 7)
+    a = slingshot.preservation_loss(model, original, "5", 0, x[idx], 0.3)
+    b = slingshot.preservation_loss(model, original, "5", 0, x[idx], 0.3, ref[idx])
+    assert torch.allclose(a, b, atol=1e-6)
+    assert slingshot.reference_outputs(original, "1", x, torch.device("cpu"), max_elements=1000) is None
+
+
 @pytest.mark.parametrize("change,match", [
+    (dict(max_disagreement=1.5), "max_disagreement"), (dict(check_rows=0), "check_rows"),
+
     (dict(alpha=1.5), "alpha"), (dict(gamma=0.0), "gamma"), (dict(unit=3), "out of range"),
     (dict(layer="fc"), "layer"), (dict(noise="laplace"), "noise"), (dict(w=-0.1), "w="),
 ])

@@ -8,7 +8,10 @@ backward) shapes the unit into `−γ/2‖q_t − q‖² + C` there, so gradient
 preservation loss keeps the layer's outputs on training data close to a frozen original;
 `L = (1 − α)·L_M + α·L_P`, AdamW, gradient-norm clipping, plateau schedule, BatchNorm frozen (eval mode).
 Success comes as a sudden jump and the loss is a poor progress signal, so every `check_every` steps a cheap
-FV run measures the SSIM to the target and the best checkpoint by that SSIM is kept.
+FV run measures the SSIM to the target, and the kept checkpoint is the best by that SSIM among those that
+preserve the model: top-1 predictions agree with the original's on a fixed sample of the preservation data in
+at least `1 − max_disagreement` of the images (a checkpoint that disagrees on a share d of images can lose at
+most d of accuracy on them). The original's outputs on the preservation data are computed once, not per step.
 """
 from __future__ import annotations
 
@@ -51,15 +54,21 @@ class Settings:
     check_fv_steps: int = 200   # FV of the check: pixel/fourier, SGD+GC, lr 0.1 (authors' MNIST AM)
     check_fv_lr: float = 0.1
     stop_ssim: float | None = None  # stop once the check's mean SSIM reaches this (None: run all steps)
+    # Checkpoint rule: only checkpoints whose top-1 predictions disagree with the original's on at most this
+    # share of `check_rows` preservation images are kept (None: SSIM alone decides). 0.01 = "within 1 point".
+    max_disagreement: float | None = 0.01
+    check_rows: int = 2000
     seed: int = 0
 
 
 @dataclass
 class Log:
-    """Training log: per-step losses and the FV-SSIM checks (step, mean SSIM); best_step is the kept one."""
+    """Training log: per-step losses, the FV-SSIM checks (step, mean SSIM) and the prediction agreement with
+    the original at each check; best_step is the kept checkpoint."""
     loss_m: list = field(default_factory=list)
     loss_p: list = field(default_factory=list)
     checks: list = field(default_factory=list)
+    agreement: list = field(default_factory=list)  # (step, share of top-1 predictions equal to the original's)
     best_step: int = 0
     best_ssim: float = -1.0
 
@@ -68,6 +77,8 @@ def validate(model: nn.Module, target: torch.Tensor, image_shape: tuple, s: Sett
     """Raise a ValueError naming the parameter for any bad setting, before training starts."""
     check_range("alpha", s.alpha, 0.0, 1.0)
     check_range("w", s.w, 0.0, 1.0)
+    if s.max_disagreement is not None:
+        check_range("max_disagreement", s.max_disagreement, 0.0, 1.0)
     if not s.gamma > 0:
         raise ValueError(f"gamma={s.gamma} must be > 0.")
     if s.sigma < 0 or s.lr <= 0 or s.clip <= 0:
@@ -75,7 +86,7 @@ def validate(model: nn.Module, target: torch.Tensor, image_shape: tuple, s: Sett
     check_choice("noise", s.noise, ("uniform", "normal"))
     check_choice("loss", s.loss, ("gradient", "activation"))
     check_choice("param", s.param, featvis.PARAMETERIZATIONS)
-    for name in ("steps", "steps_per_epoch", "manip_batch", "pres_batch", "check_every", "check_inits"):
+    for name in ("steps", "steps_per_epoch", "manip_batch", "pres_batch", "check_every", "check_inits", "check_rows"):
         if int(getattr(s, name)) < 1:
             raise ValueError(f"{name}={getattr(s, name)} must be at least 1.")
     if tuple(target.shape) != tuple(image_shape):
@@ -107,13 +118,31 @@ def manipulation_loss(model: nn.Module, eta: featvis.Parameterization, layer: st
 
 
 def preservation_loss(model: nn.Module, original: nn.Module, layer: str, unit: int, x: torch.Tensor,
-                      w: float) -> torch.Tensor:
-    """w·MSE(h_unit, h⁰_unit) + (1 − w)·MSE(h_layer, h⁰_layer) on data x against the frozen original."""
+                      w: float, ref: torch.Tensor | None = None) -> torch.Tensor:
+    """w·MSE(h_unit, h⁰_unit) + (1 − w)·MSE(h_layer, h⁰_layer) on data x against the frozen original
+    (`ref`: the original's layer output on x when already known)."""
     out = featvis.layer_output(model, layer, x)
-    with torch.no_grad():
-        ref = featvis.layer_output(original, layer, x)
+    if ref is None:
+        with torch.no_grad():
+            ref = featvis.layer_output(original, layer, x)
     index = (slice(None), unit) if out.dim() != 3 else (slice(None), slice(None), unit)
     return w * F.mse_loss(out[index], ref[index]) + (1 - w) * F.mse_loss(out, ref)
+
+
+@torch.no_grad()
+def _batched(fn, x: torch.Tensor, device: torch.device, batch: int = 1000) -> torch.Tensor:
+    """fn over x in batches on `device` (evaluation only: no graph)."""
+    return torch.cat([fn(chunk.to(device)) for chunk in x.split(batch)])
+
+
+def reference_outputs(original: nn.Module, layer: str, x_data: torch.Tensor, device: torch.device,
+                      max_elements: int = 20_000_000) -> torch.Tensor | None:
+    """The frozen original's `layer` output on all of `x_data`, computed once (a preservation step then needs
+    no forward pass of the original); None when it would exceed `max_elements` values (e.g. a conv layer)."""
+    probe = featvis.layer_output(original, layer, x_data[:1].to(device))
+    if probe.numel() * len(x_data) > max_elements:
+        return None
+    return _batched(lambda x: featvis.layer_output(original, layer, x), x_data, device)
 
 
 def fv_check(model: nn.Module, eta: featvis.Parameterization, target: torch.Tensor, s: Settings,
@@ -130,7 +159,8 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
     """Manipulate `model` in place (a copy of `original`, which is only read) toward `target`; returns the log.
 
     `x_data`: training images for the preservation loss (drawn with replacement, batch `pres_batch`).
-    At the end `model` holds the checkpoint with the best FV-SSIM check.
+    At the end `model` holds the checkpoint with the best FV-SSIM check among the preserving ones (see the
+    module docstring); the original weights (step 0) when no later checkpoint preserves the model.
     """
     s, device = settings, get_device(device)
     image_shape = tuple(x_data.shape[1:])
@@ -144,14 +174,24 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     log, best_state, epoch_loss = Log(), copy.deepcopy(model.state_dict()), 0.0
+    reference = reference_outputs(original, s.layer, x_data, device)
+    rows = torch.randperm(len(x_data), generator=torch.Generator().manual_seed(s.seed))[:s.check_rows]
+    check_x = x_data[rows]
+    predicted = _batched(lambda x: original(x).argmax(1), check_x, device)
+
+    def agreement() -> float:
+        return (_batched(lambda x: model(x).argmax(1), check_x, device) == predicted).float().mean().item()
+
     log.best_ssim = fv_check(model, eta, target, s, device)
     log.checks.append((0, round(log.best_ssim, 5)))
+    log.agreement.append((0, 1.0))
     bar = tqdm(range(1, s.steps + 1), disable=progress_off(progress), desc="slingshot", mininterval=10)
     for step in bar:
         q = sample_manipulation_set(q_t, s.manip_batch, s.sigma, s.tunnel, s.noise, gen)
         l_m = manipulation_loss(model, eta, s.layer, s.unit, q, q_t, s.gamma, s.loss)
-        batch = x_data[torch.randint(len(x_data), (s.pres_batch,), generator=cpu_gen)].to(device)
-        l_p = preservation_loss(model, original, s.layer, s.unit, batch, s.w)
+        idx = torch.randint(len(x_data), (s.pres_batch,), generator=cpu_gen)
+        ref = None if reference is None else reference[idx.to(reference.device)]
+        l_p = preservation_loss(model, original, s.layer, s.unit, x_data[idx].to(device), s.w, ref)
         loss = (1 - s.alpha) * l_m + s.alpha * l_p
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -164,13 +204,15 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
             plateau.step(epoch_loss)
             epoch_loss = 0.0
         if step % s.check_every == 0 or step == s.steps:
-            score = fv_check(model, eta, target, s, device)
+            score, agree = fv_check(model, eta, target, s, device), agreement()
             log.checks.append((step, round(score, 5)))
-            if score > log.best_ssim:
+            log.agreement.append((step, round(agree, 5)))
+            preserved = s.max_disagreement is None or 1 - agree <= s.max_disagreement
+            if preserved and score > log.best_ssim:
                 log.best_step, log.best_ssim = step, score
                 best_state = copy.deepcopy(model.state_dict())
             bar.set_postfix(L_M=f"{l_m.item():.3g}", L_P=f"{l_p.item():.3g}", ssim=f"{score:.2f}")
-            if s.stop_ssim is not None and score >= s.stop_ssim:
+            if s.stop_ssim is not None and preserved and score >= s.stop_ssim:
                 break
     model.load_state_dict(best_state)
     return log
