@@ -73,14 +73,14 @@ class AlphaSweep(Experiment):
     NEEDS: ClassVar[tuple[str, ...]] = ("02_slingshot_manipulation",)  # loads the models these notebooks cache
     alphas: tuple[float, ...] = (0.05, 0.8)
     n_fvs: int = 8
-    # Fine-tuning steps for α < 0.5 (None: the shared `FineTuning` budget). Quick: 500 — there the
+    # Fine-tuning steps for α < 0.5 (None: the shared `FineTuning` budget). Quick: 400 — there the
     # manipulation loss dominates and the FV check plateaus from step 250 on (a 1500-step run here: check
     # SSIM 0.49 at step 250, 0.51 at 1500), so the remaining steps only add damage at CPU cost.
     small_alpha_steps: Optional[int] = None
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         # quick: the two ends that fit the CPU budget (α 0.8 is notebook 02's model, from the cache); α 0.99
         # (nothing lands within the quick budget) cost another 1500 steps
-        "quick": dict(alphas=(0.05, 0.8), n_fvs=8, small_alpha_steps=500),
+        "quick": dict(alphas=(0.05, 0.8), n_fvs=8, small_alpha_steps=400),
         "paper": dict(alphas=(1e-3, 5e-3, 1e-2, 0.05, 0.2, 0.5, 0.7, 0.8, 0.9, 0.99), n_fvs=100,
                       small_alpha_steps=None),
     }
@@ -115,8 +115,8 @@ class CifarSlingshot(Experiment):
     output unit 3 "cat"; α 0.025 (0.05 for the accuracy numbers), γ 10, AdamW lr 1e-4 for 50 epochs; FV:
     fourier, SGD+GC, lr 1.0, 100 steps).
 
-    Quick (≈ 100 s per seed on one CPU thread, training included): A8 on a balanced 10k-image subset,
-    3 epochs Adam, 500 slingshot steps at lr 3e-3 (the authors' lr 1e-4 moves little in 500 steps) with
+    Quick (≈ 80 s per seed on one CPU thread, training included): A8 on a balanced 10k-image subset,
+    2 epochs Adam, 400 slingshot steps at lr 3e-3 (the authors' lr 1e-4 moves little in 400 steps) with
     halved batches. Paper: A64 on all 50k images with the authors' recipe for the original small models
     (SGD lr 1e-3, momentum 0.9, StepLR(20, 0.5), 30 epochs), α 0.025, 50 epochs of fine-tuning, and the
     depth × width grid {A, B, C, D} × {8, 16, 32, 64} as the sweep (the grid's Δacc/ΔAUROC are compared at
@@ -139,8 +139,8 @@ class CifarSlingshot(Experiment):
     pres_batch: int = 32
     n_fvs: int = 16             # FVs per model (authors: 100)
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": dict(arch="A", width=8, n_train=10_000, epochs=3, batch_size=128, train_lr=3e-3, optimizer="adam",
-                      schedule="none", alpha=0.025, lr=3e-3, steps=500, check_every=100, manip_batch=16,
+        "quick": dict(arch="A", width=8, n_train=10_000, epochs=2, batch_size=128, train_lr=3e-3, optimizer="adam",
+                      schedule="none", alpha=0.025, lr=3e-3, steps=400, check_every=100, manip_batch=16,
                       pres_batch=32, n_fvs=16),
         "paper": dict(arch="A", width=64, n_train=50_000, epochs=30, batch_size=64, train_lr=1e-3, optimizer="sgd",
                       schedule="step", alpha=0.025, lr=1e-4, steps=50 * PAPER_EPOCH, check_every=PAPER_EPOCH,
