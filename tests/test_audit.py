@@ -55,7 +55,7 @@ def tiny(tmp_path_factory):
     target[0, 2:6, 2:6] = 1.0
     settings = slingshot.Settings(layer="out", unit=0, alpha=0.5, steps=150, check_every=50, check_inits=2,
                                   check_fv_steps=32, lr=3e-3, manip_batch=16, pres_batch=32,
-                                  max_disagreement=None)  # a random net's predictions: SSIM alone picks the checkpoint
+                                  max_acc_drop=None)  # a random net's predictions: SSIM alone picks the checkpoint
     manipulated, log = slingshot.manipulate(clean, target, x, settings, progress=False)
     assert log.best_ssim > 0.5  # the manipulation worked (the FV of unit 0 looks like the target)
     torch.save(clean.state_dict(), root / "clean.pt")

@@ -76,7 +76,7 @@ def test_few_steps_move_fv_toward_target_and_keep_original():
     x_data = torch.rand(256, 1, 8, 8)
     settings = slingshot.Settings(layer="5", unit=0, alpha=0.5, steps=150, check_every=50, check_inits=2,
                                   check_fv_steps=60, lr=3e-3, manip_batch=16, pres_batch=32,
-                                  max_disagreement=None)  # the movement itself; the checkpoint rule is tested below
+                                  max_acc_drop=None)  # the movement itself; the checkpoint rule is tested below
     model, log = slingshot.manipulate(original, target, x_data, settings, progress=False)
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
     assert fv_distance(model, target) < 0.5 * fv_distance(original, target)
@@ -91,7 +91,7 @@ def test_checkpoint_rule_keeps_only_preserving_checkpoints():
     x_data = torch.rand(256, 1, 8, 8)
     common = dict(layer="5", unit=0, alpha=0.1, steps=120, check_every=40, check_inits=2, check_fv_steps=30,
                   lr=1e-2, manip_batch=16, pres_batch=32, check_rows=200)
-    free_model, free = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_disagreement=None),
+    free_model, free = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_acc_drop=None),
                                             progress=False)
     assert [s for s, _ in free.agreement] == [s for s, _ in free.checks] == [0, 40, 80, 120]
     assert free.best_ssim == pytest.approx(max(v for _, v in free.checks), abs=1e-5)  # checks are rounded
@@ -100,17 +100,40 @@ def test_checkpoint_rule_keeps_only_preserving_checkpoints():
     kept_agreement = (free_model(x_data[rows]).argmax(1) == predicted[rows]).float().mean().item()
     assert kept_agreement == pytest.approx(dict(free.agreement)[free.best_step], abs=1e-5)  # independent recount
     bound = 1 - min(a for step, a in free.agreement if step > 0) - 1e-6  # the least-agreeing checkpoint fails
-    ruled_model, ruled = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_disagreement=max(bound, 0.0)),
+    ruled_model, ruled = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_acc_drop=max(bound, 0.0)),
                                               progress=False)
     kept = dict(ruled.agreement)[ruled.best_step]
     assert 1 - kept <= max(bound, 0.0)
     allowed = [v for s, v in ruled.checks if 1 - dict(ruled.agreement)[s] <= max(bound, 0.0)]
     assert ruled.best_ssim == pytest.approx(max(allowed), abs=1e-5) and len(allowed) < len(ruled.checks)
-    strict_model, strict = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_disagreement=0.0),
+    strict_model, strict = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_acc_drop=0.0),
                                                 progress=False)
     assert all(a < 1 for step, a in strict.agreement if step > 0)  # lr 1e-2 on a random 3-class net moves predictions
     assert strict.best_step == 0
     assert all(torch.equal(a, b) for a, b in zip(strict_model.state_dict().values(), original.state_dict().values()))
+
+
+def test_checkpoint_rule_with_labels_bounds_the_accuracy_drop():
+    """With labels the rule compares accuracy on the check rows with the original's (recounted here)."""
+    original, target = tiny_cnn(), torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1.0
+    x_data = torch.rand(256, 1, 8, 8)
+    labels = original(x_data).argmax(1).detach()
+    labels[::4] = (labels[::4] + 1) % 3  # the original is right on 3/4 of the images
+    common = dict(layer="5", unit=0, alpha=0.1, steps=120, check_every=40, check_inits=2, check_fv_steps=30,
+                  lr=1e-2, manip_batch=16, pres_batch=32, check_rows=200)
+    model, log = slingshot.manipulate(original, target, x_data, slingshot.Settings(**common, max_acc_drop=0.05),
+                                      progress=False, labels=labels)
+    rows = torch.randperm(256, generator=torch.Generator().manual_seed(0))[:200]
+    acc = lambda net: (net(x_data[rows]).argmax(1) == labels[rows]).float().mean().item()  # noqa: E731
+    accuracy = dict(log.accuracy)
+    assert accuracy[0] == pytest.approx(acc(original), abs=1e-5)
+    assert accuracy[log.best_step] == pytest.approx(acc(model), abs=1e-5)
+    assert acc(original) - acc(model) <= 0.05 + 1e-6
+    allowed = [v for st, v in log.checks if accuracy[0] - accuracy[st] <= 0.05 + 1e-6]
+    assert log.best_ssim == pytest.approx(max(allowed), abs=1e-5)
+    with pytest.raises(ValueError, match="labels"):
+        slingshot.manipulate(original, target, x_data, slingshot.Settings(**common), progress=False, labels=labels[:10])
 
 
 def test_precomputed_reference_equals_per_step_forward():
@@ -127,7 +150,7 @@ def test_precomputed_reference_equals_per_step_forward():
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(max_disagreement=1.5), "max_disagreement"), (dict(check_rows=0), "check_rows"),
+    (dict(max_acc_drop=1.5), "max_acc_drop"), (dict(check_rows=0), "check_rows"),
 
     (dict(alpha=1.5), "alpha"), (dict(gamma=0.0), "gamma"), (dict(unit=3), "out of range"),
     (dict(layer="fc"), "layer"), (dict(noise="laplace"), "noise"), (dict(w=-0.1), "w="),

@@ -9,9 +9,10 @@ preservation loss keeps the layer's outputs on training data close to a frozen o
 `L = (1 − α)·L_M + α·L_P`, AdamW, gradient-norm clipping, plateau schedule, BatchNorm frozen (eval mode).
 Success comes as a sudden jump and the loss is a poor progress signal, so every `check_every` steps a cheap
 FV run measures the SSIM to the target, and the kept checkpoint is the best by that SSIM among those that
-preserve the model: top-1 predictions agree with the original's on a fixed sample of the preservation data in
-at least `1 − max_disagreement` of the images (a checkpoint that disagrees on a share d of images can lose at
-most d of accuracy on them). In long runs the original's outputs on the preservation data are computed once.
+preserve the model: accuracy on a fixed sample of the (labelled) preservation data at most `max_acc_drop` below
+the original's — or, without labels, top-1 predictions that disagree with the original's on at most that share
+(a stricter bound: disagreeing on a share d of the images costs at most d of accuracy). In long runs the
+original's outputs on the preservation data are computed once.
 """
 from __future__ import annotations
 
@@ -54,21 +55,23 @@ class Settings:
     check_fv_steps: int = 200   # FV of the check: pixel/fourier, SGD+GC, lr 0.1 (authors' MNIST AM)
     check_fv_lr: float = 0.1
     stop_ssim: float | None = None  # stop once the check's mean SSIM reaches this (None: run all steps)
-    # Checkpoint rule: only checkpoints whose top-1 predictions disagree with the original's on at most this
-    # share of `check_rows` preservation images are kept (None: SSIM alone decides). 0.01 = "within 1 point".
-    max_disagreement: float | None = 0.01
+    # Checkpoint rule: only checkpoints whose accuracy on `check_rows` preservation images is at most this below
+    # the original's (without labels: whose predictions disagree on at most this share) are kept; None: SSIM
+    # alone decides. 0.01 = "within 1 point of the original accuracy".
+    max_acc_drop: float | None = 0.01
     check_rows: int = 2000
     seed: int = 0
 
 
 @dataclass
 class Log:
-    """Training log: per-step losses, the FV-SSIM checks (step, mean SSIM) and the prediction agreement with
-    the original at each check; best_step is the kept checkpoint."""
+    """Training log: per-step losses, the FV-SSIM checks (step, mean SSIM), the prediction agreement with the
+    original and (with labels) the accuracy at each check; best_step is the kept checkpoint."""
     loss_m: list = field(default_factory=list)
     loss_p: list = field(default_factory=list)
     checks: list = field(default_factory=list)
     agreement: list = field(default_factory=list)  # (step, share of top-1 predictions equal to the original's)
+    accuracy: list = field(default_factory=list)  # (step, accuracy on the check rows), when labels are given
     best_step: int = 0
     best_ssim: float = -1.0
 
@@ -77,8 +80,8 @@ def validate(model: nn.Module, target: torch.Tensor, image_shape: tuple, s: Sett
     """Raise a ValueError naming the parameter for any bad setting, before training starts."""
     check_range("alpha", s.alpha, 0.0, 1.0)
     check_range("w", s.w, 0.0, 1.0)
-    if s.max_disagreement is not None:
-        check_range("max_disagreement", s.max_disagreement, 0.0, 1.0)
+    if s.max_acc_drop is not None:
+        check_range("max_acc_drop", s.max_acc_drop, 0.0, 1.0)
     if not s.gamma > 0:
         raise ValueError(f"gamma={s.gamma} must be > 0.")
     if s.sigma < 0 or s.lr <= 0 or s.clip <= 0:
@@ -155,10 +158,12 @@ def fv_check(model: nn.Module, eta: featvis.Parameterization, target: torch.Tens
 
 
 def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_data: torch.Tensor,
-              settings: Settings, device: str | torch.device | None = None, progress: bool = True) -> Log:
+              settings: Settings, device: str | torch.device | None = None, progress: bool = True,
+              labels: torch.Tensor | None = None) -> Log:
     """Manipulate `model` in place (a copy of `original`, which is only read) toward `target`; returns the log.
 
-    `x_data`: training images for the preservation loss (drawn with replacement, batch `pres_batch`).
+    `x_data`: training images for the preservation loss (drawn with replacement, batch `pres_batch`);
+    `labels`: their classes, for the checkpoint rule's accuracy (None: the rule uses prediction agreement).
     At the end `model` holds the checkpoint with the best FV-SSIM check among the preserving ones (see the
     module docstring); the original weights (step 0) when no later checkpoint preserves the model.
     """
@@ -167,6 +172,9 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
     model.to(device).eval()  # eval: BatchNorm statistics and dropout stay frozen while fine-tuning
     original.to(device).eval()
     validate(model, target, image_shape, s)
+    if labels is not None and tuple(labels.shape) != (len(x_data),):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} must hold one class per image of x_data "
+                         f"({len(x_data)}).")
     eta = featvis.parameterization(s.param, image_shape, original).to(device)
     q_t = eta.inverse(target.to(device))
     gen = torch.Generator(device=device).manual_seed(s.seed)
@@ -180,14 +188,26 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
     reference = reference_outputs(original, s.layer, x_data, device) if reuse else None
     rows = torch.randperm(len(x_data), generator=torch.Generator().manual_seed(s.seed))[:s.check_rows]
     check_x = x_data[rows]
+    check_y = None if labels is None else labels[rows].to(device)
     predicted = _batched(lambda x: original(x).argmax(1), check_x, device)
+    acc0 = None if check_y is None else (predicted == check_y).float().mean().item()
 
-    def agreement() -> float:
-        return (_batched(lambda x: model(x).argmax(1), check_x, device) == predicted).float().mean().item()
+    def preserved() -> bool:
+        """Record agreement (and accuracy) of the current weights; True when they meet `max_acc_drop`."""
+        now = _batched(lambda x: model(x).argmax(1), check_x, device)
+        agree = (now == predicted).float().mean().item()
+        log.agreement.append((step, round(agree, 5)))
+        drop = 1 - agree
+        if check_y is not None:
+            acc = (now == check_y).float().mean().item()
+            log.accuracy.append((step, round(acc, 5)))
+            drop = acc0 - acc
+        return s.max_acc_drop is None or drop <= s.max_acc_drop
 
+    step = 0
+    preserved()
     log.best_ssim = fv_check(model, eta, target, s, device)
     log.checks.append((0, round(log.best_ssim, 5)))
-    log.agreement.append((0, 1.0))
     bar = tqdm(range(1, s.steps + 1), disable=progress_off(progress), desc="slingshot", mininterval=10)
     for step in bar:
         q = sample_manipulation_set(q_t, s.manip_batch, s.sigma, s.tunnel, s.noise, gen)
@@ -207,25 +227,24 @@ def fine_tune(model: nn.Module, original: nn.Module, target: torch.Tensor, x_dat
             plateau.step(epoch_loss)
             epoch_loss = 0.0
         if step % s.check_every == 0 or step == s.steps:
-            score, agree = fv_check(model, eta, target, s, device), agreement()
+            score, kept = fv_check(model, eta, target, s, device), preserved()
             log.checks.append((step, round(score, 5)))
-            log.agreement.append((step, round(agree, 5)))
-            preserved = s.max_disagreement is None or 1 - agree <= s.max_disagreement
-            if preserved and score > log.best_ssim:
+            if kept and score > log.best_ssim:
                 log.best_step, log.best_ssim = step, score
                 best_state = copy.deepcopy(model.state_dict())
             bar.set_postfix(L_M=f"{l_m.item():.3g}", L_P=f"{l_p.item():.3g}", ssim=f"{score:.2f}")
-            if s.stop_ssim is not None and preserved and score >= s.stop_ssim:
+            if s.stop_ssim is not None and kept and score >= s.stop_ssim:
                 break
     model.load_state_dict(best_state)
     return log
 
 
 def manipulate(original: nn.Module, target: torch.Tensor, x_data: torch.Tensor, settings: Settings,
-               device: str | torch.device | None = None, progress: bool = True) -> tuple[nn.Module, Log]:
-    """A manipulated copy of `original` (never modified) and the training log."""
+               device: str | torch.device | None = None, progress: bool = True,
+               labels: torch.Tensor | None = None) -> tuple[nn.Module, Log]:
+    """A manipulated copy of `original` (never modified) and the training log (`labels`: see `fine_tune`)."""
     model = copy.deepcopy(original)
-    log = fine_tune(model, original, target, x_data, settings, device, progress)
+    log = fine_tune(model, original, target, x_data, settings, device, progress, labels)
     return model.eval(), log
 
 
@@ -236,20 +255,21 @@ def weights_digest(model: nn.Module) -> str:
 
 def cached_manipulation(original: nn.Module, target_name: str, target: torch.Tensor, x_data: torch.Tensor,
                         data_key: str, settings: Settings, device: str | torch.device | None = None,
-                        progress: bool = True) -> tuple[nn.Module, Log]:
+                        progress: bool = True, labels: torch.Tensor | None = None) -> tuple[nn.Module, Log]:
     """`manipulate` through the checkpoint cache (`train.cached_model`), the log stored beside the weights.
 
     The key holds the digest of the original's weights, the target (name and digest), the preservation
-    data's name and size and every setting, so notebooks share a manipulated model exactly when all of these agree.
+    data's name and size, whether labels were given and every setting, so notebooks share a manipulated model
+    exactly when all of these agree.
     """
     key = {"name": "slingshot", "original": weights_digest(original), "target": target_name,
            "target_sha256": train.sha256_bytes(target.detach().cpu().float().numpy().tobytes()),
-           "data": data_key, "n_data": len(x_data), **asdict(settings)}
+           "data": data_key, "n_data": len(x_data), "labels": labels is not None, **asdict(settings)}
     log_path = cache_dir("checkpoints") / f"slingshot-{train.cache_key_digest(key)[:16]}.log.json"
     logs: list[Log] = []
 
     def fit(model: nn.Module) -> None:
-        logs.append(fine_tune(model, original, target, x_data, settings, device, progress))
+        logs.append(fine_tune(model, original, target, x_data, settings, device, progress, labels))
         train.atomic_write(log_path, json.dumps(asdict(logs[0])))
 
     model = train.cached_model(key, lambda: copy.deepcopy(original), fit, device)
