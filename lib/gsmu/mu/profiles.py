@@ -134,3 +134,24 @@ class AuthorsFeatures(Experiment):
 
 
 NOTEBOOKS["09_unlearning_authors_data"] = AuthorsFeatures
+
+
+@dataclass(frozen=True)
+class Backdoor(Experiment):
+    """11: backdoor unlearning (MU authors' poisoning code, backdoor triggers) on MNIST multinomial logistic
+    regression. The quick profile subsamples the training rows (2000 of 50,000) so that training, retraining
+    and every update for all four patterns take ~15 s on one thread (the whole notebook ~30 s with start-up)."""
+    n_train: int = 2000  # training images (the first n of the split)
+    n_test: int | None = None  # test images (None: all 10,000)
+    fraction: float = 0.1  # share of the non-target training rows poisoned
+    target: int = 0  # the attacker's label (the authors' default)
+    l2: float = 10.0  # λ of λ/2‖θ‖² on the summed cross-entropy
+    cg_iter: int = 100  # CG iterations at most of the second-order updates
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 30.0, "paper": 600.0}  # one job, one thread, roughly (paper: a guess)
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(n_train=2000, n_test=None, fraction=0.1, cg_iter=100),
+        "paper": dict(n_train=50000, n_test=None, fraction=0.1, cg_iter=300),
+    }
+
+
+NOTEBOOKS["11_unlearning_backdoor"] = Backdoor
