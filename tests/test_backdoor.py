@@ -177,3 +177,23 @@ def test_attack_success_rate_rejects_bad_target():
         attack_success_rate(model, x, y, target=12, pattern=Cross())
     with pytest.raises(ValueError, match="Pattern object"):
         attack_success_rate(model, x, y, target=1, pattern="noise")
+
+
+def test_unlearn_backdoor_runs_every_method_against_retraining():
+    gen = torch.Generator().manual_seed(1)
+    centers = torch.rand(10, 36, generator=gen)
+    y = torch.arange(200) % 10
+    x = (centers[y] + 0.1 * torch.randn(200, 36, generator=gen)).clamp(0, 1)
+    pattern = Features(features=4, shape=(1, 6, 6))
+    p = poison(x, y, fraction=0.1, target=0, pattern=pattern, seed=0)
+    objective = Objective(criterion=cross_entropy_sum, l2=1.0)
+    model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
+    rows = {r["method"]: r for r in backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3, 1e-2],
+                                                              fine_tune_lr=0.1, solver=Exact(), seed=0)}
+    assert tuple(rows) == backdoor.METHODS and rows["retraining"]["distance"] == 0
+    assert rows["none"]["asr"] == attack_success_rate(model, x, y, target=0, pattern=pattern)
+    assert rows["first-order"]["tau"] in (1e-3, 1e-2)
+    with pytest.raises(ValueError, match="taus"):
+        backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[-1.0], fine_tune_lr=0.1, solver=Exact(), seed=0)
+    with pytest.raises(ValueError, match="flattened"):
+        backdoor.logistic_regression((x.reshape(200, 1, 6, 6), y), objective, seed=0)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import models
-from ..base.runtime import check_int, check_positive, check_range, get_device
+from ..base.runtime import check_int, check_nonempty, check_positive, check_range, get_device
 from . import cost, unlearn  # noqa: F401 — cost silences torch's jit deprecation warning of the HVPs (see there)
 from .influence import Batch, Objective, Solver
 
@@ -248,10 +248,10 @@ def attack_success_rate(model: nn.Module | Classifier, x: Tensor, y: Tensor, *, 
 
 def logistic_regression(data: Batch, objective: Objective, *, seed: int, max_iter: int = 300, tol: float = 1e-4,
                         device: str | torch.device | None = None) -> nn.Module:
-    """Multinomial logistic regression on the rows of `data` (flattened images), trained to the optimum of `objective`
-    (summed cross-entropy + L2) with full-batch L-BFGS from a `seed`-drawn initialization — the MU paper's
-    convex setting, where the influence updates are exact up to the loss's curvature change. `device=None`:
-    CUDA if present, else the CPU; every update keeps the model's device."""
+    """Multinomial logistic regression on the rows of `data` (flattened images), trained to the optimum of
+    `objective` (summed cross-entropy + L2) with full-batch L-BFGS from a `seed`-drawn initialization — the MU
+    paper's convex setting, where the influence updates are exact up to the loss's curvature change.
+    `device=None`: CUDA if present, else the CPU; every update keeps the model's device."""
     x, y = data
     if x.ndim != 2:
         raise ValueError(f"x must hold flattened rows (N × features); got shape {tuple(x.shape)}: pass "
@@ -280,6 +280,9 @@ def unlearn_backdoor(model: nn.Module, objective: Objective, poisoned: Poisoned,
     paper's, or of the clean data: one Newton step on the clean objective); retraining is warm-started
     L-BFGS on the clean data."""
     check_positive("fine_tune_lr", fine_tune_lr)
+    check_nonempty("taus", taus)
+    for tau in taus:  # before any update runs
+        check_positive("taus", tau)
     request, clean = poisoned.request(), poisoned.clean
     runs = {"none": (model, unlearn.UpdateResult("none", 0.0, 0)),
             "fine-tuning": unlearn.fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed),
