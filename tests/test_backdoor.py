@@ -197,3 +197,24 @@ def test_unlearn_backdoor_runs_every_method_against_retraining():
         backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[-1.0], fine_tune_lr=0.1, solver=Exact(), seed=0)
     with pytest.raises(ValueError, match="flattened"):
         backdoor.logistic_regression((x.reshape(200, 1, 6, 6), y), objective, seed=0)
+
+
+def test_sisa_row_retrains_the_poisoned_shards():
+    gen = torch.Generator().manual_seed(2)
+    centers = torch.rand(10, 36, generator=gen)
+    y = torch.arange(200) % 10
+    x = (centers[y] + 0.1 * torch.randn(200, 36, generator=gen)).clamp(0, 1)
+    pattern = Cross(value=1.0, shape=(1, 6, 6))
+    p = poison(x, y, fraction=0.02, target=0, pattern=pattern, seed=0)
+    objective = Objective(criterion=cross_entropy_sum, l2=1.0)
+    model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
+    sisa = backdoor.sisa_ensemble(p, objective, shards=4, seed=0, device="cpu")
+    rows = backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3], fine_tune_lr=0.1, solver=Exact(),
+                                     seed=0, sisa=sisa)
+    row = rows[-1]
+    assert row["method"] == "SISA" and row["shards_retrained"] == len(torch.unique(sisa.shard_of[p.rows]))
+    # independent: the unlearned ensemble equals SISA trained on the clean data with the same shards
+    clean = backdoor.sisa_ensemble(backdoor.Poisoned(p.clean, p.rows[:0], p.clean, 0, pattern), objective,
+                                   shards=4, seed=0, device="cpu")
+    assert row["asr"] == attack_success_rate(clean, x, y, target=0, pattern=pattern)
+    assert torch.equal(sisa.data[0], p.data[0])  # the given ensemble is left untouched

@@ -15,6 +15,7 @@ regression on pixels): a pattern knows its image `shape`.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Sequence
@@ -56,7 +57,7 @@ class Pattern:
         return self.trigger() != 0
 
     def apply(self, x: Tensor) -> Tensor:
-        """Every row of `x` (images `N×C×H×W` or flattened `N×C·H·W`) with the trigger added, clipped to [0, 1]."""
+        """Every row of `x` (images `N×C×H×W` or flattened `N×C·H·W`) plus the trigger, clipped to [0, 1]."""
         size = math.prod(self.shape)
         if x.ndim < 2 or x.shape[1:].numel() != size:
             raise ValueError(f"x must hold rows of {size} pixels (images of shape {self.shape}, or flattened); "
@@ -263,13 +264,25 @@ def logistic_regression(data: Batch, objective: Objective, *, seed: int, max_ite
     return model
 
 
+def sisa_ensemble(poisoned: Poisoned, objective: Objective, *, shards: int, seed: int, max_iter: int = 300,
+                  tol: float = 1e-4, device: str | torch.device | None = None) -> unlearn.Sisa:
+    """SISA (`unlearn.Sisa`) on the poisoned data: `shards` disjoint random shards (drawn with `seed`), one
+    logistic regression each (as `logistic_regression`), majority vote."""
+    check_int("shards", shards, 1, len(poisoned.data[0]))
+    x = poisoned.data[0]
+    build = lambda: models.LogisticRegression(x.shape[1], n_classes=NUM_CLASSES).to(get_device(device))
+    fit = lambda model, data: unlearn.fit_lbfgs(model, objective, data, max_iter=max_iter, tol=tol)
+    torch.manual_seed(seed)  # the shards' initializations
+    return unlearn.Sisa(build, fit, poisoned.data, shards, seed=seed)
+
+
 METHODS = ("none", "fine-tuning", "first-order", "second-order (original H)", "second-order (corrected H)",
            "retraining")
 
 
 def unlearn_backdoor(model: nn.Module, objective: Objective, poisoned: Poisoned, test: Batch, *,
                      taus: Sequence[float], fine_tune_lr: float, solver: Solver, seed: int,
-                     max_iter: int = 300, tol: float = 1e-4) -> list[dict]:
+                     max_iter: int = 300, tol: float = 1e-4, sisa: unlearn.Sisa | None = None) -> list[dict]:
     """Every method of `METHODS` applied to `model` (trained on `poisoned.data`, flattened rows) with the
     request `poisoned.request()`: one row each with the clean test accuracy, the attack success rate on the
     triggered test images, the distance to the retrained model, gradient evaluations and seconds.
@@ -278,7 +291,9 @@ def unlearn_backdoor(model: nn.Module, objective: Objective, poisoned: Poisoned,
     feature of clean inputs); first-order takes the τ of `taus` with the smallest gradient residual on the
     clean data (no retrained model needed); second-order solves with `solver` (H of the poisoned data, the
     paper's, or of the clean data: one Newton step on the clean objective); retraining is warm-started
-    L-BFGS on the clean data."""
+    L-BFGS on the clean data. With `sisa` (an ensemble trained on the poisoned data, `sisa_ensemble`) a last
+    row "SISA" scores a copy of it after retraining the shards that hold poisoned rows (no single θ: its
+    distance is NaN)."""
     check_positive("fine_tune_lr", fine_tune_lr)
     check_nonempty("taus", taus)
     for tau in taus:  # before any update runs
@@ -294,7 +309,15 @@ def unlearn_backdoor(model: nn.Module, objective: Objective, poisoned: Poisoned,
     runs["retraining"] = unlearn.retrain(model, objective, clean, max_iter=max_iter, tol=tol)
     retrained = runs["retraining"][0]
     x_test, y_test = test
-    return [{"pattern": poisoned.pattern.name, "method": name, "accuracy": unlearn.accuracy(m, x_test, y_test),
+    rows = [{"pattern": poisoned.pattern.name, "method": name, "accuracy": unlearn.accuracy(m, x_test, y_test),
              "asr": attack_success_rate(m, x_test, y_test, target=poisoned.target, pattern=poisoned.pattern),
              "distance": unlearn.param_distance(m, retrained), "grad_evals": result.grad_evals,
              "seconds": result.seconds, "tau": result.extra.get("tau")} for name, (m, result) in runs.items()]
+    if sisa is not None:
+        ensemble = copy.deepcopy(sisa)
+        result = ensemble.unlearn(request)
+        asr = attack_success_rate(ensemble, x_test, y_test, target=poisoned.target, pattern=poisoned.pattern)
+        rows.append({"pattern": poisoned.pattern.name, "method": "SISA", "accuracy": ensemble.accuracy(x_test, y_test),
+                     "asr": asr, "distance": math.nan, "grad_evals": result.grad_evals, "seconds": result.seconds,
+                     "tau": None, "shards_retrained": result.extra["shards_retrained"]})
+    return rows
