@@ -4,9 +4,10 @@ Implements *Machine Unlearning of Features and Labels* (Warnecke et al., NDSS 20
 request `(Z, Z̃)` (Section 3: affected rows and their corrected versions — features zeroed, labels fixed,
 tokens replaced — or no correction at all: the row is removed), the first-order update `θ − τG` and the
 second-order update `θ − H⁻¹G` (Section 4, with H from the original data as in the paper or from the
-corrected data, exact or Gauss-Newton curvature, any inverse-HVP solver object of `gsmu.mu.influence`, and
-an iterative variant), the baselines of Section 6 (retraining with a warm start, fine-tuning on Z̃, SISA
-sharding, occlusion) and certified unlearning for L2-regularized logistic regression (Section 5: loss
+corrected data, exact or Gauss-Newton curvature, any inverse-HVP solver object of `gsmu.mu.influence`,
+damped, and iterative), τ chosen on held-out rows by the fidelity of Section 6, where an update lands as a
+fraction of the retrain distance, the baselines of Section 6 (retraining with a warm start, fine-tuning on
+Z̃, SISA sharding, occlusion) and certified unlearning for L2-regularized logistic regression (Section 5: loss
 perturbation `bᵀθ`, gradient residual, the σ that certifies (ε, δ)).
 
 Every update returns a new model (the original is untouched; `device=None` keeps it on the original's
@@ -429,19 +430,28 @@ class SecondOrder:
     with the request applied (needs an edit request), so the update is one Newton step on the corrected
     objective (taking ∇L(θ*; D) = 0). `curvature`: "exact" Hessian or "gauss-newton" (PSD, for non-convex
     models). `hessian_rows`: estimate H from a fixed random subsample of that many rows (drawn with
-    `seed`, which also drives LiSSA's power iteration). `step`: the update is θ − step·(H + λI)⁻¹G."""
+    `seed`, which also drives LiSSA's power iteration). `step`: the update is θ − step·(H + λI)⁻¹G.
+    `newton_steps`: Newton steps per piece of the request. The first is the paper's update, which takes
+    ∇L(θ; D) + λθ = 0 (true at θ*) and solves against G alone; each further one re-linearizes at the
+    current θ and solves against the whole gradient of the objective corrected so far, ∇L(θ; D) + λθ +
+    G(θ) — one more pass over the data and one more H. With H from the corrected data this is Newton's
+    method on the retraining objective: it converges to the retrained θ where one step over- or
+    undershoots (weak L2, label flips)."""
 
     hessian: str = "original"
     curvature: str = "exact"
     hessian_rows: int | None = None
     step: float = 1.0
     seed: int = 0
+    newton_steps: int = 1
 
     def __post_init__(self) -> None:
         check_choice("hessian", self.hessian, HESSIANS)
         check_choice("curvature", self.curvature, CURVATURES)
         if not (self.step > 0 and math.isfinite(self.step)):
             raise ValueError(f"step={self.step!r} must be a finite number > 0.")
+        if isinstance(self.newton_steps, bool) or not isinstance(self.newton_steps, int) or self.newton_steps < 1:
+            raise ValueError(f"newton_steps={self.newton_steps!r} must be an integer >= 1 (1: the paper's update).")
         if self.hessian_rows is not None and (isinstance(self.hessian_rows, bool)
                                               or not isinstance(self.hessian_rows, int) or self.hessian_rows < 1):
             raise ValueError(f"hessian_rows={self.hessian_rows!r} must be an integer >= 1 or None (all rows).")
@@ -488,7 +498,16 @@ def second_order(model: nn.Module, objective: Objective, request: Request, data:
 
     `settings`: a `SecondOrder` (which H, exact or Gauss-Newton curvature, subsampled H, step, seed).
     `steps` = k unlearns the request in k consecutive pieces, re-linearizing (G and H) at the current
-    parameters after each, with H of the data corrected so far for `hessian="corrected"`.
+    parameters after each, with H of the data corrected so far for `hessian="corrected"`; with
+    `request.tiled(k)` it takes k fractional steps over every row instead — the iterative update that
+    follows the path from θ* to the retrained θ when one Newton step overshoots (weak L2, label flips);
+    `SecondOrder(newton_steps=k)` takes k Newton steps on the corrected objective instead (the iterative
+    update that converges to retraining; each step after the first costs a pass over the data and an H).
+
+    Damping (the solver's `damping` μ) solves (H + μI)δ = G: for non-convex (H indefinite) or weakly
+    regularized (H nearly singular) problems. Along an eigenvector of H with eigenvalue h the step is G's
+    component divided by h + μ instead of h: μ = 0 is the Newton step, μ ≫ the largest h tends to the
+    first-order update with τ = 1/μ — damping interpolates between the two orders.
 
     The former keywords still work: `hessian`, `curvature`, `hessian_rows`, `step`, `seed` (→ settings)
     and, with a solver name, `damping`, `tol`, `max_iter`, `lissa_scale`, `lissa_iterations` ("lissa":
@@ -505,19 +524,28 @@ def second_order(model: nn.Module, objective: Objective, request: Request, data:
     new = _new_model(model, device)
     space = ParamSpace(new, params)
     hvp_evals, hvps, solves = 0, 0, []
+    grad_evals = request.grad_evals  # G of every piece; further Newton steps add theirs below
     current = data
     for i, piece in enumerate(pieces):
+        done = concat(pieces[:i + 1])
         if settings.hessian == "corrected":
-            current = apply_request(data, concat(pieces[:i + 1]))
-        g = request_gradient(new, objective, space, piece, batch_size)
-        h = Curvature(new, objective, space, current, kind=settings.curvature, rows=settings.hessian_rows,
-                      batch_size=batch_size, generator=generator)
-        delta, stats = solver.solve(h, g, generator=generator)
-        space.assign(new, space.flat(new) - settings.step * delta)
-        hvp_evals, hvps = hvp_evals + h.evals, hvps + stats.hvps
-        solves.append(stats)
+            current = apply_request(data, done)
+        for newton in range(settings.newton_steps):
+            if newton == 0:
+                g = request_gradient(new, objective, space, piece, batch_size)
+            else:  # θ is not the optimum of the objective so far: solve against its whole gradient
+                _, full = value_and_gradient(new, objective, space, data, batch_size)
+                g = full + objective.l2 * space.flat(new) + request_gradient(new, objective, space, done,
+                                                                              batch_size)
+                grad_evals += len(data[0]) + done.grad_evals
+            h = Curvature(new, objective, space, current, kind=settings.curvature, rows=settings.hessian_rows,
+                          batch_size=batch_size, generator=generator)
+            delta, stats = solver.solve(h, g, generator=generator)
+            space.assign(new, space.flat(new) - settings.step * delta)
+            hvp_evals, hvps = hvp_evals + h.evals, hvps + stats.hvps
+            solves.append(stats)
     return new, UpdateResult(f"second-order ({settings.hessian} H)", time.perf_counter() - start,
-                             request.grad_evals + hvp_evals, tuple(space.names), steps, hvps, hvp_evals, solves,
+                             grad_evals + hvp_evals, tuple(space.names), steps, hvps, hvp_evals, solves,
                              extra={"solver_name": solver.name, "settings": settings})
 
 
@@ -703,29 +731,84 @@ def example_losses(model: nn.Module, objective: Objective, x: Tensor, y: Tensor)
         return torch.func.vmap(lambda xi, yi: objective(model, xi[None], yi[None]))(x.to(device), y.to(device)).cpu()
 
 
+def _probabilities(model: nn.Module, x: Tensor) -> Tensor:
+    out = train.predict_logits(model, x, 4096, device=device_of(model))
+    return torch.sigmoid(out) if out.ndim == 1 else torch.softmax(out, -1)
+
+
+def _fidelity(model: nn.Module, objective: Objective, valid: Batch,
+              reference: tuple[Tensor, Tensor] | None) -> tuple[float, float]:
+    # The paper's fidelity (§6): the share of held-out predictions that agree with the retrained model's
+    # (or with the labels when no retrained model is given). It is a step function of τ — small requests
+    # leave it tied over many τ — so a continuous score breaks ties: the mean gap between the predicted
+    # probabilities and the retrained model's, or else the held-out loss. Both are "larger is better".
+    x, y = valid
+    if reference is None:
+        with torch.no_grad():
+            return float((predict(model, x) == y.reshape(-1).cpu()).double().mean()), -float(objective(model, x, y))
+    labels, probabilities = reference
+    gap = (_probabilities(model, x) - probabilities).abs().reshape(len(x), -1).sum(1).mean()
+    return float((predict(model, x) == labels).double().mean()), -float(gap)
+
+
 def best_first_order(model: nn.Module, objective: Objective, request: Request, corrected: Batch,
-                     taus: Sequence[float], **kwargs) -> tuple[nn.Module, UpdateResult]:
-    """First-order update with the τ of `taus` that leaves the smallest gradient residual on `corrected`
-    (the residual needs no retrained model). The cost counts every τ tried: its update and the residual's
-    pass over the data."""
+                     taus: Sequence[float], *, valid: Batch | None = None, reference: nn.Module | None = None,
+                     **kwargs) -> tuple[nn.Module, UpdateResult]:
+    """First-order update with the τ of `taus` chosen by one of two criteria (the chosen τ is
+    `result.extra["tau"]`, the criterion `extra["criterion"]`, every τ's score `extra["scores"]`: tuples,
+    larger is better — (−residual,) or (agreement, −tie-breaker)).
+
+    * `valid` given (held-out rows with the request's correction applied, e.g. features zeroed; never the
+      test rows): the paper's fidelity (§6) on them — the share of predictions that agree with
+      `reference`'s (the retrained model), ties broken by the smaller mean gap between predicted
+      probabilities; or, when `reference` is None, the accuracy on `valid`'s labels, ties broken by the
+      smaller held-out loss. With `reference` this picks the τ whose model behaves most like retraining.
+    * `valid` None (the former behaviour): the smallest gradient residual ‖∇L(θ; corrected)‖ on the
+      corrected training data (needs no retrained model). Beware: where the loss is far from quadratic
+      along −G (weak L2, label flips) the residual can favour a τ that barely moves θ.
+
+    G is computed once for all τ (`first_order_sweep`, so `steps` must stay 1). The cost counts G, one step
+    per τ and, per τ, the residual's pass over `corrected` or the forward passes over `valid`."""
     if len(taus) == 0:
         raise ValueError("taus is empty: give at least one unlearning rate.")
+    if reference is not None and valid is None:
+        raise ValueError("reference (the retrained model) is only used to score held-out rows: pass valid= "
+                         "too, or drop reference to choose τ by the gradient residual.")
+    if kwargs.get("steps", 1) != 1:
+        raise ValueError("best_first_order sweeps τ over one gradient difference: steps must be 1 (call "
+                         "first_order(..., steps=k) with the chosen τ for the iterative update).")
+    kwargs.pop("steps", None)
     start = time.perf_counter()
-    tried = [first_order(model, objective, request, tau=tau, **kwargs) for tau in taus]
-    residuals = [gradient_residual(m, objective, corrected) for m, _ in tried]
-    best = min(range(len(taus)), key=residuals.__getitem__)
+    tried = first_order_sweep(model, objective, request, taus, **kwargs)
+    if valid is None:
+        criterion = "residual"
+        scores = [(-gradient_residual(m, objective, corrected),) for m, _ in tried]  # larger is better
+        extra_evals = len(taus) * len(corrected[0])
+    else:
+        criterion = "fidelity"
+        valid = (valid[0].to(device_of(tried[0][0])), valid[1].to(device_of(tried[0][0])))
+        target = None if reference is None else (predict(reference, valid[0]), _probabilities(reference, valid[0]))
+        scores = [_fidelity(m, objective, valid, target) for m, _ in tried]
+        extra_evals = 0  # forward passes only: counted in extra["forwards"]
+    best = max(range(len(taus)), key=scores.__getitem__)
     new, result = tried[best]
     result.seconds = time.perf_counter() - start
-    result.grad_evals = len(taus) * (result.grad_evals + len(corrected[0]))
+    result.grad_evals = request.grad_evals + extra_evals
+    result.extra.update(criterion=criterion, scores=scores)
+    if valid is not None:  # one forward pass over valid per τ, plus the reference's
+        result.extra["forwards"] = (len(taus) + (reference is not None)) * len(valid[0])
     return new, result
 
 
 def compare_methods(model: nn.Module, objective: Objective, data: Batch, request: Request, test: Batch, *,
                     taus: Sequence[float], fine_tune_lr: float, sisa: Sisa | None = None,
-                    solver: Solver | str = "exact", seed: int = 0) -> tuple[list[dict], dict[str, nn.Module]]:
+                    solver: Solver | str = "exact", seed: int = 0,
+                    valid: Batch | None = None) -> tuple[list[dict], dict[str, nn.Module]]:
     """All unlearning methods of the paper's Section 6 on one request, side by side.
 
-    `test` must already look like the corrected data (e.g. features removed). Rows (table rows) hold the
+    `test` (and `valid`) must already look like the corrected data (e.g. features removed). First-order's
+    τ: with held-out `valid` rows, the one whose predictions there agree best with retraining's (see
+    `best_first_order`); without, the smallest gradient residual on the corrected data. Rows hold the
     method, test accuracy, gradient residual on the corrected training data, distance to the retrained
     model, gradient evaluations and seconds; SISA (an ensemble) has no single θ, so no residual or distance.
     """
@@ -733,7 +816,8 @@ def compare_methods(model: nn.Module, objective: Objective, data: Batch, request
     runs = {"occlusion": (copy.deepcopy(model), UpdateResult("occlusion", 0.0, 0))}
     runs["retraining"] = retrain(model, objective, corrected)
     runs["fine-tuning"] = fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed)
-    runs["first-order"] = best_first_order(model, objective, request, corrected, taus)
+    runs["first-order"] = best_first_order(model, objective, request, corrected, taus, valid=valid,
+                                           reference=None if valid is None else runs["retraining"][0])
     for hessian in HESSIANS:
         runs[f"second-order ({hessian} H)"] = second_order(model, objective, request, data, solver=solver,
                                                             settings=SecondOrder(hessian=hessian, seed=seed))
@@ -746,6 +830,48 @@ def compare_methods(model: nn.Module, objective: Objective, data: Batch, request
         res = ensemble.unlearn(request)
         rows.append({"method": "SISA", "accuracy": ensemble.accuracy(*test), "residual": float("nan"),
                      "distance": float("nan"), "grad_evals": res.grad_evals, "seconds": res.seconds})
+    return rows, {name: m for name, (m, _) in runs.items()}
+
+
+def retrain_fraction(model: nn.Module, updated: nn.Module, target: nn.Module) -> float:
+    """Where an update lands: ‖θ_updated − θ_retrained‖ / ‖θ* − θ_retrained‖ — 0 is retraining, 1 is no
+    better than leaving θ* alone, > 1 an overshoot."""
+    gap = param_distance(model, target)
+    if gap == 0:
+        raise ValueError("the original and the retrained model coincide (the request changes nothing): the "
+                         "fraction of the retrain distance is undefined.")
+    return param_distance(updated, target) / gap
+
+
+def landing(model: nn.Module, objective: Objective, data: Batch, request: Request, *, valid: Batch,
+            taus: Sequence[float], steps: int, damping: float) -> tuple[list[dict], dict[str, nn.Module]]:
+    """Where the updates of §4 land on one request, as a fraction of the retrain distance
+    (`retrain_fraction`): first-order with τ chosen on the held-out `valid` rows by fidelity to retraining
+    (`best_first_order`), the one-shot second-order update, the damped one `(H + μI)⁻¹G` (μ = `damping`)
+    and two iterative ones with k = `steps`: k fractional steps over the whole request (`Request.tiled`),
+    and k Newton steps on the corrected objective (`SecondOrder(newton_steps=k)`). Second-order solves
+    densely (`Exact`: models with up to a few thousand parameters, such as logistic regression). Returns
+    table rows (method, fraction, residual on the corrected data, gradient evaluations, seconds, τ) and the
+    models by method."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps={steps!r} must be an integer >= 2 (k steps of the iterative updates).")
+    if not (damping > 0 and math.isfinite(damping)):
+        raise ValueError(f"damping={damping!r} (μ of the damped update) must be a finite number > 0.")
+    corrected = apply_request(data, request)
+    runs = {"retraining": retrain(model, objective, corrected)}
+    target = runs["retraining"][0]
+    runs["first-order (validation τ)"] = best_first_order(model, objective, request, corrected, taus, valid=valid,
+                                                          reference=target)
+    runs["second-order"] = second_order(model, objective, request, data, solver=Exact())
+    runs[f"second-order, damped (μ={damping:g})"] = second_order(model, objective, request, data,
+                                                                  solver=Exact(damping=damping))
+    runs[f"second-order, {steps} fractional steps"] = second_order(model, objective, request.tiled(steps), data,
+                                                                  solver=Exact(), steps=steps)
+    runs[f"second-order, {steps} Newton steps"] = second_order(model, objective, request, data, solver=Exact(),
+                                                              settings=SecondOrder(newton_steps=steps))
+    rows = [{"method": name, "fraction": retrain_fraction(model, m, target),
+             "residual": gradient_residual(m, objective, corrected), "grad_evals": res.grad_evals,
+             "seconds": res.seconds, "tau": res.extra.get("tau", float("nan"))} for name, (m, res) in runs.items()]
     return rows, {name: m for name, (m, _) in runs.items()}
 
 
