@@ -647,6 +647,23 @@ def test_newton_steps_are_newtons_method_on_the_corrected_objective(logreg):
         SecondOrder(newton_steps=0)
 
 
+def test_damped_newton_steps_land_where_one_step_overshoots():
+    # Weak L2 (1e-2) and ten flipped labels: one Newton step from θ* overshoots retraining almost threefold.
+    x, y = _logreg_data(3, 200, 1e-2)
+    objective = Objective(criterion=binary_cross_entropy_sum, l2=1e-2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double()
+    fit_lbfgs(model, objective, (x, y))
+    request = fix_labels(x, y, 1 - y, rows=list(range(0, 20, 2)), num_classes=2)
+    corrected = apply_request((x, y), request)
+    target, _ = retrain(model, objective, corrected, tol=1e-12, max_iter=2000)
+    one, _ = second_order(model, objective, request, (x, y), solver=Exact())
+    assert retrain_fraction(model, one, target) > 2
+    new, res = second_order(model, objective, request, (x, y), solver=Exact(), newton_steps=8)
+    assert retrain_fraction(model, new, target) < 1e-6
+    assert res.extra["forwards"] >= 8 * 2 * (200 + 20)  # the line search's passes: ≥ 2 values per step
+
+
 def test_landing_rows_are_fractions_of_the_retrain_distance(logreg):
     model, objective, x, y = logreg
     valid = _logreg_data(4, 100, 1.0)
