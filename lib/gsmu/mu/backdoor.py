@@ -226,6 +226,8 @@ def poison(x: Tensor, y: Tensor, *, fraction: float, target: int, pattern: Patte
 
 
 class Classifier(Protocol):
+    """Anything with hard predictions (an ensemble such as `unlearn.Sisa`)."""
+
     def predict(self, x: Tensor) -> Tensor: ...
 
 
