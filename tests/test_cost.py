@@ -48,3 +48,11 @@ def test_median_seconds_is_the_median():
     calls = iter([0.0, 0.02, 0.0])
     import time
     assert cost.median_seconds(lambda: time.sleep(next(calls)), repeats=3) < 0.015
+
+
+def test_median_seconds_counts_measured_times_as_repeats():
+    calls = []
+    assert cost.median_seconds(lambda: calls.append(1), repeats=3, measured=[5.0, 7.0]) == 5.0  # median(5, 7, ~0)
+    assert len(calls) == 1  # two repeats were already measured: only the third runs
+    assert cost.median_seconds(lambda: calls.append(1), repeats=2, measured=[1.0, 2.0, 3.0]) == 2.0
+    assert len(calls) == 1

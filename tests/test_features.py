@@ -41,7 +41,7 @@ def test_certify_raises_sigma_until_every_draw_is_certified():
 
 def test_mu_notebooks_are_registered_with_three_seeds():
     assert set(NOTEBOOKS) == {"05_unlearning_features", "06_unlearning_certified", "07_unlearning_labels",
-                              "08_unlearning_canary", "09_unlearning_authors_data"}
+                              "08_unlearning_canary", "09_unlearning_authors_data", "11_unlearning_backdoor"}
     for cls in NOTEBOOKS.values():
         assert cls.grid("quick")["seed"] == [0, 1, 2]
     assert SpamFeatures.for_profile("paper").runs > SpamFeatures.for_profile("quick").runs

@@ -101,12 +101,14 @@ def passes(*, gradients: float = 0, hvps: float = 0, forwards: float = 0, share:
     return (gradients * PASS + hvps * HVP) * share + forwards * FORWARD * forward_share
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Median wall time of `repeats` calls of `fn` (run it with one thread for comparable numbers)."""
+def median_seconds(fn: Callable[[], object], repeats: int = 3, measured: Sequence[float] = ()) -> float:
+    """Median wall time of `repeats` calls of `fn` (run it with one thread for comparable numbers). `measured`:
+    wall times of calls of `fn` already made (e.g. the run whose result is reported); they count as repeats,
+    so only the rest are run."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1.")
-    times = []
-    for _ in range(repeats):
+    times = list(measured)
+    for _ in range(repeats - len(times)):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)

@@ -15,7 +15,7 @@ from ..base.profiles import Experiment
 @dataclass(frozen=True)
 class SpamFeatures(Experiment):
     """05: feature unlearning on Spambase (MU paper §6.1): random feature sets and the affected-rows sweep."""
-    SECONDS: ClassVar[dict[str, float]] = {"quick": 20, "paper": 120}  # scheduling hint: one job, one thread
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 30, "paper": 120}  # scheduling hint: one job, one thread
     runs: int = 2  # repetitions per random feature-set size and per affected-row count
     feature_counts: tuple[int, ...] = (3, 20)  # sizes of the random feature sets removed
     affected_rows: tuple[int, ...] = (10, 100, 1000)  # rows in which the donor features are zeroed
