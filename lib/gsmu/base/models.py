@@ -3,6 +3,9 @@
 - `MnistCNN`: the Gradient Slingshots "6-layer CNN" for MNIST (conv16-5, conv32-5, fc 512-256-120-84-10).
 - `vgg`: the VGG family (configurations A/B/C/D, width 8–64, BatchNorm) for 32×32 inputs, as in the
   Gradient Slingshots CIFAR-10 grid (VGG-9 = configuration A: 8 conv layers + 1 linear).
+- `AuthorsCifarCNN` / `authors_cifar_cnn`: the Machine Unlearning authors' CIFAR-10 network of the label-
+  poisoning repair (MU paper §6.3): six 3×3 conv layers of 128 channels with BatchNorm, a 512-unit dense
+  layer with BatchNorm and a linear output.
 - `CharLSTM`: the character language model of the unlearning paper's canary experiment.
 - `LogisticRegression`: the convex model of the certified feature-unlearning experiments.
 
@@ -101,6 +104,50 @@ def vgg(cfg: str = "A", width: int = 64, num_classes: int = 10, in_channels: int
         layers += [nn.Conv2d(c_in, c_out, k, padding=k // 2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         c_in = c_out
     return VGG(nn.Sequential(*layers), c_in, num_classes, in_channels)
+
+
+class AuthorsCifarCNN(nn.Module):
+    """The MU authors' CIFAR-10 CNN (§6.3 label poisoning): three blocks of [conv3×3-ReLU-BN] × 2, 2×2 max-pool
+    and dropout (0.1, 0.1, 0.2), then `fc` (2048 → 512) − ReLU − `bn` (BatchNorm1d) − `out` (512 → classes).
+
+    The order conv → ReLU → BatchNorm is the authors' (their activation sits inside the conv layer, the
+    BatchNorm after it). Their He-uniform initialization is kept for the conv and dense weights (biases 0).
+    """
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, channels: int = 128, dense: int = 512, num_classes: int = 10):
+        super().__init__()
+        self.normalize = Normalize(CIFAR_MEAN, CIFAR_STD)
+        layers: list[nn.Module] = []
+        c_in = 3
+        for dropout in (0.1, 0.1, 0.2):
+            for _ in range(2):
+                layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(channels)]
+                c_in = channels
+            layers += [nn.MaxPool2d(2), nn.Dropout(dropout)]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels * 4 * 4, dense)  # three pools: 32 → 4
+        self.bn = nn.BatchNorm1d(dense)
+        self.out = nn.Linear(dense, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                # Keras' he_uniform: U(±sqrt(6 / fan_in)) = kaiming_uniform_ with the ReLU gain.
+                nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.normalize(x)).flatten(1)
+        return self.out(self.bn(F.relu(self.fc(x))))
+
+
+def authors_cifar_cnn(channels: int = 128, dense: int = 512, num_classes: int = 10) -> AuthorsCifarCNN:
+    """The MU authors' CIFAR-10 CNN (`channels`=128 per conv layer, `dense`=512 units: the paper's sizes;
+    smaller values give a cheaper network of the same shape)."""
+    for name, value in (("channels", channels), ("dense", dense), ("num_classes", num_classes)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name}={value!r} must be a positive integer (the authors use 128 / 512 / 10).")
+    return AuthorsCifarCNN(channels, dense, num_classes)
 
 
 class CharLSTM(nn.Module):

@@ -4,9 +4,10 @@ Implements the label experiment of *Machine Unlearning of Features and Labels* (
 §6.3 "Unlearning labels" / poisoning repair): a share of each class's training labels is flipped
 `s → 9 − s`, a CNN is trained on the poisoned data, and the flips are unlearned with the request
 `Z` = poisoned rows with their wrong labels, `Z̃` = the same rows with their clean labels. This module holds
-the poisoning, the cached clean/poisoned CNNs (MNIST, Fashion-MNIST offline; CIFAR-10 with a VGG when it can
-be downloaded), one runner that applies any unlearning method of `gsmu.mu.unlearn` (first-order, second-order,
-iterative, fine-tuning, SISA, retraining) and scores it by test accuracy, *percent restored*
+the poisoning, the cached clean/poisoned CNNs (MNIST and Fashion-MNIST with the 6-layer CNN; CIFAR-10, offline
+through `gsmu.base.cifar`, with the authors' 6×128 conv + BatchNorm network `models.AuthorsCifarCNN`), one
+runner that applies any unlearning method of `gsmu.mu.unlearn` (first-order, second-order, iterative,
+fine-tuning, SISA, retraining) and scores it by test accuracy, *percent restored*
 `(after − poisoned)/(clean − poisoned)`, gradient evaluations and wall time.
 """
 from __future__ import annotations
@@ -66,10 +67,10 @@ def load_split(dataset: str, split: str) -> tuple[Tensor, Tensor]:
 
 
 def build_model(dataset: str) -> nn.Module:
-    """The network the experiment poisons: the 6-layer CNN for (Fashion-)MNIST, VGG-A (width 64, BatchNorm)
-    for CIFAR-10 — a stand-in for the authors' 6×128 conv + BN network."""
+    """The network the experiment poisons: the 6-layer CNN for (Fashion-)MNIST, the authors' CIFAR-10 CNN
+    (6 × 128 conv + BatchNorm, dense 512, §6.3) for CIFAR-10."""
     check_choice("dataset", dataset, DATASETS)
-    return models.vgg("A", width=64) if dataset == "cifar10" else models.MnistCNN()
+    return models.authors_cifar_cnn() if dataset == "cifar10" else models.MnistCNN()
 
 
 def data_digest(x: Tensor, y: Tensor) -> str:
@@ -224,8 +225,12 @@ def _head_modules(model: nn.Module, subset: str) -> nn.Sequential:
             else [("out", model.out)]
     elif isinstance(model, models.VGG):
         layers = [("classifier", model.classifier)]
+    elif isinstance(model, models.AuthorsCifarCNN):
+        # "head": the dense block after the conv features (fc, ReLU, BatchNorm in eval mode, out).
+        layers = [("fc", model.fc), ("relu", nn.ReLU()), ("bn", model.bn), ("out", model.out)] \
+            if subset == "head" else [("out", model.out)]
     else:
-        raise ValueError(f"subset={subset!r} needs a MnistCNN or VGG; use subset='all' for "
+        raise ValueError(f"subset={subset!r} needs a MnistCNN, VGG or AuthorsCifarCNN; use subset='all' for "
                          f"{type(model).__name__}.")
     return nn.Sequential(OrderedDict(layers))
 
@@ -283,8 +288,9 @@ def _update(scenario: Scenario, method: str, subset: str, device: torch.device,
     return model, record
 
 
-HEAD_PREFIXES = {"head": {models.MnistCNN: ["fc3", "out"], models.VGG: ["classifier"]},
-                 "last": {models.MnistCNN: ["out"], models.VGG: ["classifier"]}}
+HEAD_PREFIXES = {"head": {models.MnistCNN: ["fc3", "out"], models.VGG: ["classifier"],
+                          models.AuthorsCifarCNN: ["fc", "bn", "out"]},
+                 "last": {models.MnistCNN: ["out"], models.VGG: ["classifier"], models.AuthorsCifarCNN: ["out"]}}
 
 
 def subset_share(model: nn.Module, subset: str, example: Tensor) -> float:
@@ -293,7 +299,7 @@ def subset_share(model: nn.Module, subset: str, example: Tensor) -> float:
         return 1.0
     prefixes = HEAD_PREFIXES[subset].get(type(model))
     if prefixes is None:
-        raise ValueError(f"subset={subset!r} needs a MnistCNN or VGG, not {type(model).__name__}.")
+        raise ValueError(f"subset={subset!r} needs a MnistCNN, VGG or AuthorsCifarCNN, not {type(model).__name__}.")
     return cost.mac_share(model, example[:1], prefixes)
 
 
@@ -314,7 +320,8 @@ def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: s
                **options: Any) -> tuple[nn.Module | None, dict]:
     """Unlearn the scenario's flipped labels with `method` and score the result.
 
-    `subset`: update all parameters, the "head" (fc3 + out of the MNIST CNN, the classifier of a VGG) or
+    `subset`: update all parameters, the "head" (fc3 + out of the MNIST CNN, the classifier of a VGG, fc + bn +
+    out of the authors' CIFAR-10 CNN) or
     the "last" layer only. `options` go to the method: `unlearn.first_order` (tau, steps),
     `unlearn.second_order` (hessian, curvature, solver, damping, max_iter, hessian_rows, lissa_scale,
     lissa_iterations, step, steps, seed), `unlearn.fine_tune` (lr, epochs, batch_size, seed). "sisa" needs
