@@ -425,6 +425,33 @@ def test_factorization_rejects_another_model_and_bad_damping():
         Factorized("not a factorization")
 
 
+def test_factorized_hands_other_curvatures_to_its_fallback():
+    x, problems = _linear_problems()
+    model, objective, y = problems[0]
+    fact = Factorization.build(model, objective, (x, y))
+    solver = Factorized(fact, fallback=Exact())
+    b = torch.randn(fact.dim, dtype=torch.float64)
+    own = solver.solve(Curvature(model, objective, ParamSpace(model), (x, y)), b)
+    assert own[1].solver == "factorized" and own[1].hvps == 0
+    other = Curvature(model, objective, ParamSpace(model), (x + 1, y))  # e.g. H over corrected data
+    got, stats = solver.solve(other, b)
+    expected = torch.linalg.solve(_autograd_hessian(model, objective, x + 1, y), b)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+    assert stats.solver == "exact" and stats.hvps == fact.dim  # the dense per-request solve, counted as one
+    with pytest.raises(TypeError, match="fallback"):
+        Factorized(fact, fallback="exact")
+
+
+def test_break_even_counts_the_requests_that_amortize_a_one_off_cost():
+    from gsmu.mu.curvature import break_even, passes
+    # once + n·per < n·alternative  ⇔  n > once / (alternative − per): 10 / (3 − 1) = 5 → 6; 9/2 → 5
+    assert break_even(10.0, 1.0, 3.0) == 6 and break_even(9.0, 1.0, 3.0) == 5 and break_even(0.0, 1.0, 3.0) == 1
+    assert break_even(10.0, 3.0, 3.0) is None
+    assert passes(3 * 58 * 100, 58) == 100  # 100 per-example gradients of a 58-parameter linear model
+    with pytest.raises(ValueError, match="costs"):
+        break_even(-1.0, 1.0, 3.0)
+
+
 def test_cholesky_of_an_indefinite_hessian_raises_and_eigh_needs_damping(problem):
     model, x, y = problem
     objective = Objective()

@@ -13,7 +13,8 @@ The updates come from `gsmu.mu.unlearn`; H is formed and Cholesky-factorized onc
 `gsmu.mu.curvature.Factorization` (Kronecker route of a linear model), so each request then costs its
 gradient difference and two triangular solves. Costs are in full-model pass equivalents
 (`gsmu.mu.cost`: one per-example gradient = 1 pass = 3 forward MACs per example of the logistic
-regression; forming H is counted by its MACs).
+regression; forming H is counted by its MACs), the one-off cost per trained model apart from each
+request's, with the number of requests that amortize it (`curvature.break_even`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from ..base import models, tabular
 from ..base.runtime import check_choice, check_int, check_range
-from . import cost, unlearn
+from . import cost, curvature, unlearn
 from .curvature import Factorization, Factorized
 from .influence import Objective, binary_cross_entropy_sum, gradient_residual
 
@@ -163,15 +164,17 @@ def sisa(task: Task, shards: int, seed: int) -> unlearn.Sisa:
 
 def _hessian_passes(task: Task, fact: Factorization) -> float:
     # Forming and factorizing H, in passes of 3·dim MACs per example (forward dim MACs, backward twice that).
-    return fact.cost.macs / (3.0 * task.dim)
+    return curvature.passes(fact.cost.macs, task.dim)
 
 
 def run_methods(task: Task, job: Unlearning, *, taus: list[float], fine_tune_lr: float,
                 ensemble: unlearn.Sisa | None, seed: int) -> tuple[list[dict], dict[str, nn.Module]]:
     """Every method of §6.1 on one request. Returns table rows (method, test accuracy with the features
     removed, fidelity = agreement with the retrained model's test predictions, gradient residual on the
-    corrected data, distance to the retrained θ relative to the original θ's, pass equivalents, seconds)
-    and the models. `ensemble=None` leaves SISA out."""
+    corrected data, distance to the retrained θ relative to the original θ's, pass equivalents and seconds
+    of the request, and the one-off pass equivalents and seconds paid once per trained model and shared by
+    every request: forming and factorizing H of D for second-order (D), training the shards for SISA —
+    whose seconds are not measured here, NaN) and the models. `ensemble=None` leaves SISA out."""
     model, objective, request = task.model, task.objective, job.request
     runs = {"occlusion": (copy.deepcopy(model), 0.0, 0.0)}
     m, r = unlearn.fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed)
@@ -197,16 +200,19 @@ def run_methods(task: Task, job: Unlearning, *, taus: list[float], fine_tune_lr:
                      "fidelity": float((unlearn.predict(m, job.test[0]) == reference).double().mean()),
                      "residual": gradient_residual(m, objective, job.corrected),
                      "distance": unlearn.param_distance(m, target) / scale if scale > 0 else 0.0,
-                     "passes": passes, "seconds": seconds})
+                     "passes": passes, "seconds": seconds, "one-off passes": 0.0, "one-off seconds": 0.0})
+    once = rows[list(runs).index("second-order (D)")]
+    once["one-off passes"], once["one-off seconds"] = _hessian_passes(task, task.hessian), task.hessian.cost.seconds
     if ensemble is not None:
         shards = copy.deepcopy(ensemble)
+        training = cost.passes(gradients=shards.fit.grad_evals)  # the shards' training, before the request's
         shards.fit.grad_evals = 0
         r = shards.unlearn(request)
         predicted = shards.predict(job.test[0])
         rows.insert(2, {"method": "SISA", "accuracy": float((predicted == job.test[1]).double().mean()),
                         "fidelity": float((predicted == reference).double().mean()), "residual": float("nan"),
                         "distance": float("nan"), "passes": cost.passes(gradients=shards.fit.grad_evals),
-                        "seconds": r.seconds})
+                        "seconds": r.seconds, "one-off passes": training, "one-off seconds": float("nan")})
     for row in rows:
         row["tau"] = tau if row["method"] == "first-order" else float("nan")
     return rows, {name: m for name, (m, _, _) in runs.items()}

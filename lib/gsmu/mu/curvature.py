@@ -11,11 +11,14 @@ then costs its gradient difference G plus two triangular solves (or two products
   `nn.Linear` whose outputs are the model's outputs, e.g. logistic regression) from the Kronecker structure
   H = Σᵢ Sᵢ ⊗ x̃ᵢx̃ᵢᵀ (Sᵢ the criterion's Hessian in the outputs; a few matrix products), otherwise column by
   column from Hessian-vector products (`Curvature.dense`). `solve(b, damping)` = (H + damping·I)⁻¹ b.
-- `Factorized(factorization, damping)`: the solver object for `unlearn.second_order(..., solver=...)`; it
-  checks that the curvature it is handed is the one it factorized (same parameters, data and kind).
+- `Factorized(factorization, damping, fallback)`: the solver object for `unlearn.second_order(...,
+  solver=...)`; it checks that the curvature it is handed is the one it factorized (same parameters, data
+  and kind), and hands any other curvature to `fallback` when one is given (the corrected H per request).
 
 Costs are reported apart: `Factorization.cost` holds the one-off seconds and multiply-accumulates (MACs)
-of forming and factorizing H; `solve_macs` the per-request MACs of one solve.
+of forming and factorizing H; `solve_macs` the per-request MACs of one solve; `passes` turns MACs into
+full-model pass equivalents of a linear model (`gsmu.mu.cost`) and `break_even` counts the requests that
+amortize the one-off cost.
 """
 from __future__ import annotations
 
@@ -130,6 +133,26 @@ def _linear_hessian(model: nn.Module, objective: Objective, space: ParamSpace, l
     h = kron.index_select(0, order).index_select(1, order)
     h.diagonal().add_(objective.l2)
     return h, macs
+
+
+def passes(macs: float, dim: int) -> float:
+    """Full-model pass equivalents (`gsmu.mu.cost`) of `macs` multiply-accumulates on a linear model with
+    `dim` parameters: one per-example gradient there costs 3·dim MACs (forward dim, backward twice that)."""
+    if macs < 0 or dim < 1:
+        raise ValueError(f"need macs >= 0 and dim >= 1 (the model's parameter count); got {macs}, {dim}.")
+    return macs / (3.0 * dim)
+
+
+def break_even(once: float, per_request: float, alternative: float) -> int | None:
+    """How many requests amortize a one-off cost: the smallest n with once + n·per_request < n·alternative
+    (e.g. pass equivalents of the factorization, of one factorized solve, and of retraining or of a solve
+    from scratch, per request); None when a request costs no less than the alternative."""
+    if min(once, per_request, alternative) < 0:
+        raise ValueError(f"costs must be >= 0; got once={once}, per_request={per_request}, "
+                         f"alternative={alternative}.")
+    if alternative <= per_request:
+        return None
+    return int(once // (alternative - per_request)) + 1
 
 
 class Factorization:
@@ -259,23 +282,30 @@ class Factorization:
 
     def check(self, h: Curvature) -> None:
         """Raise unless `h` is the curvature this factorization holds (same parameters, data and kind)."""
+        problem = self.mismatch(h)
+        if problem is not None:
+            raise ValueError(problem)
+
+    def mismatch(self, h: Curvature) -> str | None:
+        """Why `h` is not the curvature this factorization holds (None when it is)."""
         if h.dim != self.dim or tuple(h.space.names) != self.names:
-            raise ValueError(f"the curvature is over {h.dim} parameters ({', '.join(h.space.names)}); this "
-                             f"factorization is over {self.dim} ({', '.join(self.names)}) — it belongs to "
-                             f"another model or parameter subset: build one for this model.")
+            return (f"the curvature is over {h.dim} parameters ({', '.join(h.space.names)}); this "
+                    f"factorization is over {self.dim} ({', '.join(self.names)}) — it belongs to "
+                    f"another model or parameter subset: build one for this model.")
         if not torch.allclose(h.theta.detach().to("cpu", torch.float64), self.theta, rtol=1e-6, atol=1e-7):
-            raise ValueError("the curvature is at other parameter values than the factorization's θ: the "
-                             "factorization serves one trained model (steps=1, hessian='original'); with "
-                             "steps > 1 each step re-linearizes, so use CG there.")
+            return ("the curvature is at other parameter values than the factorization's θ: the "
+                    "factorization serves one trained model (steps=1, hessian='original'); with "
+                    "steps > 1 each step re-linearizes, so use CG there.")
         if h.scale != 1.0:
-            raise ValueError("the curvature uses a subsample of rows (hessian_rows); the factorization holds H "
-                             "over every row: leave hessian_rows at None.")
+            return ("the curvature uses a subsample of rows (hessian_rows); the factorization holds H "
+                    "over every row: leave hessian_rows at None.")
         if not self._same_data(h.data):
-            raise ValueError("the curvature is over other data than the factorization (hessian='corrected' "
-                             "forms H on each request's corrected data): use hessian='original', or CG.")
+            return ("the curvature is over other data than the factorization (hessian='corrected' "
+                    "forms H on each request's corrected data): use hessian='original', or CG.")
         linear = self.cost.route == "kronecker"  # exact and Gauss-Newton coincide for a linear model
         if h.kind != self.kind and not linear:
-            raise ValueError(f"the curvature is {h.kind!r}; this factorization holds the {self.kind!r} H.")
+            return f"the curvature is {h.kind!r}; this factorization holds the {self.kind!r} H."
+        return None
 
     def _same_data(self, data: Batch) -> bool:
         if data[0] is self.data[0] and data[1] is self.data[1]:
@@ -290,24 +320,31 @@ class Factorization:
 class Factorized(Solver):
     """Inverse-HVP solver from a `Factorization` (built once per model): `solve(h, b)` checks that `h` is the
     factorized curvature (a `Curvature`; a dense matrix or matvec only by size) and returns
-    (H + damping·I)⁻¹ b with no HVP. `Factorized.build(model, objective, data, damping=…, method=…)`."""
+    (H + damping·I)⁻¹ b with no HVP. `Factorized.build(model, objective, data, damping=…, method=…)`.
+
+    `fallback`: a solver for any other curvature of the same model (e.g. `Exact()` for H over each request's
+    corrected data), so one solver object serves a comparison that asks for both Hessians of §4 — the
+    factorized original H, and a corrected H that changes per request; None (the default) raises instead."""
 
     factorization: Factorization = field(compare=False, repr=False)
     damping: float = 0.0
+    fallback: Solver | None = None
     name: ClassVar[str] = "factorized"
 
     def __post_init__(self) -> None:
         if not isinstance(self.factorization, Factorization):
             raise TypeError(f"factorization must be a Factorization (Factorization.build(...)); got "
                             f"{type(self.factorization).__name__}.")
+        if self.fallback is not None and not isinstance(self.fallback, Solver):
+            raise TypeError(f"fallback must be a Solver (e.g. Exact()) or None; got {type(self.fallback).__name__}.")
         _check_damping(self.damping)
 
     @classmethod
     def build(cls, model: nn.Module, objective: Objective, data: Batch, *, damping: float = 0.0,
-              **options) -> "Factorized":
-        """`Factorized(Factorization.build(model, objective, data, **options), damping)`."""
+              fallback: Solver | None = None, **options) -> "Factorized":
+        """`Factorized(Factorization.build(model, objective, data, **options), damping, fallback)`."""
         _check_damping(damping)
-        return cls(Factorization.build(model, objective, data, damping=damping, **options), damping)
+        return cls(Factorization.build(model, objective, data, damping=damping, **options), damping, fallback)
 
     def solve(self, h: Operator | None, b: Tensor, *,
               generator: torch.Generator | None = None) -> tuple[Tensor, SolveStats]:
@@ -315,6 +352,8 @@ class Factorized(Solver):
         start = time.perf_counter()
         fact = self.factorization
         if isinstance(h, Curvature):
+            if self.fallback is not None and fact.mismatch(h) is not None:
+                return self.fallback.solve(h, b, generator=generator)
             fact.check(h)
         elif isinstance(h, Tensor) and h.shape != (fact.dim, fact.dim):
             raise ValueError(f"H has shape {tuple(h.shape)}; this factorization is over {fact.dim} parameters.")
@@ -370,4 +409,4 @@ class Nystrom:
         return out.to(r)
 
 
-__all__ = ["Factorization", "FactorizationCost", "Factorized", "Nystrom", "METHODS"]
+__all__ = ["Factorization", "FactorizationCost", "Factorized", "Nystrom", "METHODS", "break_even", "passes"]
