@@ -438,6 +438,9 @@ def test_factorized_hands_other_curvatures_to_its_fallback():
     expected = torch.linalg.solve(_autograd_hessian(model, objective, x + 1, y), b)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
     assert stats.solver == "exact" and stats.hvps == fact.dim  # the dense per-request solve, counted as one
+    moved = nn.Linear(6, 4).double()  # another model of the same shape: an error, not a silent dense solve
+    with pytest.raises(ValueError, match="other parameter values"):
+        solver.solve(Curvature(moved, objective, ParamSpace(moved), (x, y)), b)
     with pytest.raises(TypeError, match="fallback"):
         Factorized(fact, fallback="exact")
 

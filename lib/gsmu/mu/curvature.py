@@ -288,14 +288,9 @@ class Factorization:
 
     def mismatch(self, h: Curvature) -> str | None:
         """Why `h` is not the curvature this factorization holds (None when it is)."""
-        if h.dim != self.dim or tuple(h.space.names) != self.names:
-            return (f"the curvature is over {h.dim} parameters ({', '.join(h.space.names)}); this "
-                    f"factorization is over {self.dim} ({', '.join(self.names)}) — it belongs to "
-                    f"another model or parameter subset: build one for this model.")
-        if not torch.allclose(h.theta.detach().to("cpu", torch.float64), self.theta, rtol=1e-6, atol=1e-7):
-            return ("the curvature is at other parameter values than the factorization's θ: the "
-                    "factorization serves one trained model (steps=1, hessian='original'); with "
-                    "steps > 1 each step re-linearizes, so use CG there.")
+        problem = self._model_mismatch(h)
+        if problem is not None:
+            return problem
         if h.scale != 1.0:
             return ("the curvature uses a subsample of rows (hessian_rows); the factorization holds H "
                     "over every row: leave hessian_rows at None.")
@@ -305,6 +300,18 @@ class Factorization:
         linear = self.cost.route == "kronecker"  # exact and Gauss-Newton coincide for a linear model
         if h.kind != self.kind and not linear:
             return f"the curvature is {h.kind!r}; this factorization holds the {self.kind!r} H."
+        return None
+
+    def _model_mismatch(self, h: Curvature) -> str | None:
+        """Why `h` is not at this factorization's parameters (another model, subset or θ), else None."""
+        if h.dim != self.dim or tuple(h.space.names) != self.names:
+            return (f"the curvature is over {h.dim} parameters ({', '.join(h.space.names)}); this "
+                    f"factorization is over {self.dim} ({', '.join(self.names)}) — it belongs to "
+                    f"another model or parameter subset: build one for this model.")
+        if not torch.allclose(h.theta.detach().to("cpu", torch.float64), self.theta, rtol=1e-6, atol=1e-7):
+            return ("the curvature is at other parameter values than the factorization's θ: the "
+                    "factorization serves one trained model (steps=1, hessian='original'); with "
+                    "steps > 1 each step re-linearizes, so use CG there.")
         return None
 
     def _same_data(self, data: Batch) -> bool:
@@ -322,9 +329,10 @@ class Factorized(Solver):
     factorized curvature (a `Curvature`; a dense matrix or matvec only by size) and returns
     (H + damping·I)⁻¹ b with no HVP. `Factorized.build(model, objective, data, damping=…, method=…)`.
 
-    `fallback`: a solver for any other curvature of the same model (e.g. `Exact()` for H over each request's
-    corrected data), so one solver object serves a comparison that asks for both Hessians of §4 — the
-    factorized original H, and a corrected H that changes per request; None (the default) raises instead."""
+    `fallback`: a solver for another curvature of the same model at the same θ (other rows or kind, e.g.
+    `Exact()` for H over each request's corrected data), so one solver object serves a comparison that asks
+    for both Hessians of §4 — the factorized original H, and a corrected H that changes per request; None
+    (the default) raises instead. A curvature of another model or θ raises either way."""
 
     factorization: Factorization = field(compare=False, repr=False)
     damping: float = 0.0
@@ -352,7 +360,8 @@ class Factorized(Solver):
         start = time.perf_counter()
         fact = self.factorization
         if isinstance(h, Curvature):
-            if self.fallback is not None and fact.mismatch(h) is not None:
+            if (self.fallback is not None and fact._model_mismatch(h) is None  # same model, other rows or kind
+                    and fact.mismatch(h) is not None):
                 return self.fallback.solve(h, b, generator=generator)
             fact.check(h)
         elif isinstance(h, Tensor) and h.shape != (fact.dim, fact.dim):
