@@ -24,6 +24,7 @@ def _authors_parameter_count(channels: int = 128, dense: int = 512, classes: int
 def test_authors_cnn_has_the_authors_parameter_count_and_shapes():
     torch.manual_seed(0)
     model = models.authors_cifar_cnn().eval()
+    # 1,798,282 is also the num_params of the authors' published poisoning results.
     assert sum(p.numel() for p in model.parameters()) == _authors_parameter_count() == 1_798_282
     x = torch.rand(3, *model.input_shape)
     assert model(x).shape == (3, 10)
@@ -37,8 +38,10 @@ def test_authors_cnn_has_the_authors_parameter_count_and_shapes():
 def test_authors_cnn_factory_rejects_bad_sizes():
     with pytest.raises(ValueError, match="channels"):
         models.authors_cifar_cnn(channels=0)
-    with pytest.raises(ValueError, match="dense"):
+    with pytest.raises(TypeError, match="dense"):
         models.authors_cifar_cnn(dense=2.5)
+    with pytest.raises(ValueError, match="num_classes"):
+        models.authors_cifar_cnn(num_classes=1)
 
 
 def _small_scenario():

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .runtime import check_choice
+from .runtime import check_choice, check_int
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -144,10 +144,8 @@ class AuthorsCifarCNN(nn.Module):
 def authors_cifar_cnn(channels: int = 128, dense: int = 512, num_classes: int = 10) -> AuthorsCifarCNN:
     """The MU authors' CIFAR-10 CNN (`channels`=128 per conv layer, `dense`=512 units: the paper's sizes;
     smaller values give a cheaper network of the same shape)."""
-    for name, value in (("channels", channels), ("dense", dense), ("num_classes", num_classes)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name}={value!r} must be a positive integer (the authors use 128 / 512 / 10).")
-    return AuthorsCifarCNN(channels, dense, num_classes)
+    return AuthorsCifarCNN(check_int("channels", channels, 1), check_int("dense", dense, 1),
+                           check_int("num_classes", num_classes, 2))
 
 
 class CharLSTM(nn.Module):
