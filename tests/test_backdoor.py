@@ -179,11 +179,16 @@ def test_attack_success_rate_rejects_bad_target():
         attack_success_rate(model, x, y, target=1, pattern="noise")
 
 
-def test_unlearn_backdoor_runs_every_method_against_retraining():
-    gen = torch.Generator().manual_seed(1)
+def _clustered(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """200 flattened 6×6 images in [0, 1]: ten noisy class centres (a linearly separable toy MNIST)."""
+    gen = torch.Generator().manual_seed(seed)
     centers = torch.rand(10, 36, generator=gen)
     y = torch.arange(200) % 10
-    x = (centers[y] + 0.1 * torch.randn(200, 36, generator=gen)).clamp(0, 1)
+    return (centers[y] + 0.1 * torch.randn(200, 36, generator=gen)).clamp(0, 1), y
+
+
+def test_unlearn_backdoor_runs_every_method_against_retraining():
+    x, y = _clustered(1)
     pattern = Features(features=4, shape=(1, 6, 6))
     p = poison(x, y, fraction=0.1, target=0, pattern=pattern, seed=0)
     objective = Objective(criterion=cross_entropy_sum, l2=1.0)
@@ -200,10 +205,7 @@ def test_unlearn_backdoor_runs_every_method_against_retraining():
 
 
 def test_sisa_row_retrains_the_poisoned_shards():
-    gen = torch.Generator().manual_seed(2)
-    centers = torch.rand(10, 36, generator=gen)
-    y = torch.arange(200) % 10
-    x = (centers[y] + 0.1 * torch.randn(200, 36, generator=gen)).clamp(0, 1)
+    x, y = _clustered(2)
     pattern = Cross(value=1.0, shape=(1, 6, 6))
     p = poison(x, y, fraction=0.02, target=0, pattern=pattern, seed=0)
     objective = Objective(criterion=cross_entropy_sum, l2=1.0)
