@@ -180,3 +180,36 @@ class CifarSlingshot(Experiment):
 
 
 NOTEBOOKS["10_slingshot_cifar"] = CifarSlingshot
+
+
+@dataclass(frozen=True)
+class ImageNetSlingshot(Experiment):
+    """12: the ImageNet paths (GS paper, Sec. 5): ResNet-50 unit 77 → dalmatian (α 0.64, γ 200, lr 1e-6,
+    10 epochs, 64-class preservation subset; AM fourier + Adam+GC+TR, lr 0.01, 500 steps) and a CLIP-style
+    backbone + linear probe (rifle unit → penguin, activation-form loss).
+
+    Needs pretrained weights and ImageNet validation images (`gsmu.gs.imagenet.check_inputs`); offline the
+    notebook reports what is missing and produces no numbers, so the quick grid is one job. The preservation
+    and evaluation images both come from the validation folder (disjoint files per class): `pres_per_class`
+    then `eval_per_class` images of each subset class. Quick: 100 steps to exercise the paths on a GPU with
+    the inputs present; paper: the paper's 10 epochs counted in steps of its 64-class training subset (64 ×
+    ~1300 images at batch 64 ≈ 1300 steps an epoch) while preservation draws from the validation images."""
+    n_classes: int = 64          # preservation subset (the paper's 64 classes)
+    pres_per_class: int = 25     # validation images per class used for preservation
+    eval_per_class: int = 25     # the remaining validation images per class, for accuracy/AUROC
+    resnet_steps: int = 13_000   # ResNet-50 slingshot steps (paper: 10 epochs of a 64-class train subset, ≈ 1300 steps each)
+    check_every: int = 1300      # FV-SSIM check interval (steps)
+    clip_steps: int = 2000       # CLIP slingshot steps
+    n_fvs: int = 100             # FVs per model (authors: 100)
+    fv_steps: int = 500          # AM steps (the paper's ImageNet AM: Adam+GC+TR, lr 0.01, 500 steps)
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": dict(n_classes=64, pres_per_class=4, eval_per_class=4, resnet_steps=100, check_every=50,
+                      clip_steps=50, n_fvs=4, fv_steps=100),
+        "paper": dict(n_classes=64, pres_per_class=25, eval_per_class=25, resnet_steps=13_000,
+                      check_every=1300, clip_steps=2000, n_fvs=100, fv_steps=500),
+    }
+    GRID: ClassVar[dict[str, dict[str, list]]] = {"quick": {"seed": [0]}, "paper": {"seed": [0, 1, 2]}}
+    SECONDS: ClassVar[dict[str, float]] = {"quick": 15.0, "paper": 6 * 3600.0}  # offline: the report only
+
+
+NOTEBOOKS["12_slingshot_imagenet"] = ImageNetSlingshot
