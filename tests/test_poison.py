@@ -158,11 +158,16 @@ def test_iterative_with_one_step_is_the_plain_newton_step(tiny_poisoned):
 def test_first_order_sweep_equals_one_update_per_tau(mnist_small):
     torch.manual_seed(0)
     sc = _scenario(*mnist_small, models.MnistCNN())
-    rows = poison.first_order_sweep(sc, [1e-3, 1e-2], device="cpu")
-    for row, tau in zip(rows, [1e-3, 1e-2]):
-        _, single = poison.run_method(sc, "first-order", tau=tau, device="cpu")
+    swept = poison.first_order_sweep(sc, [1e-3, 1e-2], device="cpu")
+    for model, row, tau in zip(swept.models, swept.rows, [1e-3, 1e-2]):
+        single_model, single = poison.run_method(sc, "first-order", tau=tau, device="cpu")
         assert row["tau"] == tau and row["accuracy"] == single["accuracy"]
         assert row["grad_evals"] == single["grad_evals"]
+        for a, b in zip(model.parameters(), single_model.parameters()):  # the kept model is the update's
+            torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+    best_model, best_row = swept.best()
+    assert best_row["val_accuracy"] == max(r["val_accuracy"] for r in swept.rows)
+    assert best_model is swept.models[swept.rows.index(best_row)]
 
 
 def test_head_update_costs_a_share_of_passes_by_the_counting_rules(mnist_small):

@@ -360,9 +360,23 @@ def _row(scenario: Scenario, scorer, record: dict, label: str, subset: str, opti
             **{k: v for k, v in options.items() if isinstance(v, (int, float, str))}}
 
 
+@dataclass
+class Sweep:
+    """One method tried at several values of a hyper-parameter: the rows and the repaired models, in the same
+    order (None for SISA), so a later check can reuse the chosen model instead of repeating the update."""
+    rows: list[dict]
+    models: list[nn.Module | None]
+
+    def best(self) -> tuple[nn.Module | None, dict]:
+        """(model, row) with the highest validation accuracy — hyper-parameters chosen without the test set
+        (the first of equals)."""
+        i = max(range(len(self.rows)), key=lambda k: self.rows[k]["val_accuracy"])
+        return self.models[i], self.rows[i]
+
+
 def first_order_sweep(scenario: Scenario, taus: list[float], *, label: str = "first-order",
-                      device: str | torch.device | None = None) -> list[dict]:
-    """Rows of the first-order update θ − τG (all parameters) for every τ in `taus`, from ONE gradient
+                      device: str | torch.device | None = None) -> Sweep:
+    """The first-order update θ − τG (all parameters) for every τ in `taus`, from ONE gradient
     difference G (it does not depend on τ; `run_method` per τ would recompute it). Each row reports the
     cost of one update: G plus the step."""
     if not taus or min(taus) <= 0:
@@ -372,28 +386,24 @@ def first_order_sweep(scenario: Scenario, taus: list[float], *, label: str = "fi
     start = time.perf_counter()
     g = gradient_difference(base, objective(), space, request.z, request.z_tilde)
     seconds = time.perf_counter() - start
-    rows = []
+    record = {"grad_evals": 2 * len(request), "passes": cost.passes(gradients=2 * len(request)), "seconds": seconds}
+    done = Sweep([], [])
     for tau in taus:
         model = copy.deepcopy(base)
         space.assign(model, space.flat(base) - tau * g)
-        record = {"grad_evals": 2 * len(request), "passes": cost.passes(gradients=2 * len(request)),
-                  "seconds": seconds}
-        rows.append(_row(scenario, lambda x, y: unlearn.accuracy(model, x, y), record, label, "all",
-                         {"tau": tau}))
-    return rows
+        done.models.append(model)
+        done.rows.append(_row(scenario, lambda x, y: unlearn.accuracy(model, x, y), record, label, "all",
+                              {"tau": tau}))
+    return done
 
 
 def sweep(scenario: Scenario, method: str, name: str, values: list, *, label: str | None = None,
-          device: str | torch.device | None = None, **options: Any) -> list[dict]:
-    """`run_method` once per value of the option `name` (e.g. tau, damping, lr); rows only."""
+          device: str | torch.device | None = None, **options: Any) -> Sweep:
+    """`run_method` once per value of the option `name` (e.g. tau, damping, lr)."""
     if not values:
         raise ValueError(f"values for {name!r} is empty: give at least one.")
-    return [run_method(scenario, method, label=label, device=device, **{**options, name: v})[1] for v in values]
-
-
-def best_by_validation(rows: list[dict]) -> dict:
-    """The row whose validation accuracy is highest — hyper-parameters chosen without the test set."""
-    return max(rows, key=lambda r: r["val_accuracy"])
+    runs = [run_method(scenario, method, label=label, device=device, **{**options, name: v}) for v in values]
+    return Sweep([row for _, row in runs], [model for model, _ in runs])
 
 
 def curvature_scale(scenario: Scenario, *, subset: str = "head", curvature: str = "gauss-newton",
