@@ -93,6 +93,20 @@ def test_callable_objective():
     assert res.trajectory[-1, 0, 0] > res.trajectory[0, 0, 0]
 
 
+@pytest.mark.parametrize("strategy,param", [("sgd+gc", "pixel"), ("adam+gc+tr", "fourier")])
+def test_snapshot_equals_a_shorter_run(strategy, param):
+    # one long AM run serves several budgets only if its snapshot after k steps IS the k-step run's result
+    model = tiny_cnn(channels=3)
+    kw = dict(param=param, strategy=strategy, lr=0.05, n_inits=3, seed=2)
+    long = featvis.visualize(model, "2.0", [1, 4], (3, 12, 12), steps=11, snapshots=[4, 11], **kw)
+    short = featvis.visualize(model, "2.0", [1, 4], (3, 12, 12), steps=4, **kw)
+    assert set(long.snapshots) == {4, 11}
+    assert torch.equal(long.snapshots[4], short.images) and torch.equal(long.snapshots[11], long.images)
+    assert not torch.equal(long.snapshots[4], long.images)
+    with pytest.raises(ValueError, match="snapshots"):
+        featvis.visualize(model, "2.0", 1, (3, 12, 12), steps=4, snapshots=[5], **kw)
+
+
 def test_clear_errors():
     model = MnistCNN()
     with pytest.raises(ValueError, match=r"fc3"):

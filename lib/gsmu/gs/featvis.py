@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -309,11 +309,13 @@ def strategy_preset(name: str, clip: float = 1.0, pad: int = 2) -> Strategy:
 @dataclass
 class FVResult:
     """Feature visualizations of `units` × `n_inits`: images U×I×C×H×W (η(q), not clamped), parameters
-    q U×I×..., activation trajectory (steps+1)×U×I (entry t: before step t+1; last: final, untransformed)."""
+    q U×I×..., activation trajectory (steps+1)×U×I (entry t: before step t+1; last: final, untransformed);
+    `snapshots`: the images after each requested earlier step count, {step: U×I×C×H×W}."""
     images: torch.Tensor
     q: torch.Tensor
     trajectory: torch.Tensor
     units: list
+    snapshots: dict = field(default_factory=dict)
 
 
 def clip_per_sample(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -335,7 +337,8 @@ def init_params(shape: Sequence[int], n_inits: int, sigma: float, seed: int
 def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[int], *,
               n_inits: int = 1, param: str | Parameterization = "pixel", strategy: str | Strategy = "sgd+gc",
               lr: float = 0.1, steps: int = 200, sigma: float = 0.01, clip: float = 1.0, pad: int = 2,
-              seed: int = 0, device: str | torch.device | None = None, progress: bool = False) -> FVResult:
+              seed: int = 0, device: str | torch.device | None = None, progress: bool = False,
+              snapshots: Sequence[int] = ()) -> FVResult:
     """Maximize `units` of `layer` from `n_inits` random starts each, all in one batch.
 
     `units`: an int, a list of ints, or a callable mapping the layer output (N×...) to one value per sample.
@@ -343,6 +346,8 @@ def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[i
     (SGD on randomly padded (`pad`)/rotated/scaled/shifted copies), 'adam', 'adam+gc+tr'; `clip` and `pad`
     only configure presets. The model is used in eval mode (BatchNorm
     and dropout fixed, so samples stay independent) and restored afterwards; its weights are not changed.
+    `snapshots`: step counts (1..steps) whose images to keep as well — the same images a run of that many
+    steps would end with (same seed), so one long run serves several AM budgets.
     """
     device = get_device(device)
     if not isinstance(strategy, Strategy):
@@ -352,6 +357,8 @@ def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[i
             raise ValueError(f"{name}={value} must be at least 1.")
     if lr <= 0 or sigma < 0 or clip <= 0:
         raise ValueError(f"lr={lr}, clip={clip} must be > 0 and sigma={sigma} ≥ 0.")
+    if any(not 1 <= int(k) <= steps for k in snapshots):
+        raise ValueError(f"snapshots={list(snapshots)} must be step counts between 1 and steps={steps}.")
     eta = param if isinstance(param, Parameterization) else parameterization(param, image_shape, model)
     if tuple(eta.image_shape) != tuple(image_shape):
         raise ValueError(f"param.image_shape={eta.image_shape} differs from image_shape={tuple(image_shape)}.")
@@ -368,13 +375,15 @@ def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[i
     q0, generators = init_params(eta.shape, n_inits, sigma, seed)
     q = q0.repeat(len(unit_list), *[1] * (q0.dim() - 1)).to(device).requires_grad_(True)
     optimizer = strategy.optimizer([q], lr)
-    trajectory = []
+    trajectory, kept = [], {}
     was_training = model.training
     model.eval()
     try:  # the library's CPU thread count (runtime.cpu_threads): torch's one-per-core default is slower when shared
         with torch_threads(), LayerTap(model, layer) as tap:
-            for _ in tqdm(range(steps), disable=progress_off(progress), desc="FV", leave=False):
+            for step in tqdm(range(steps), disable=progress_off(progress), desc="FV", leave=False):
                 x = eta(q)
+                if step in snapshots:  # the image after `step` steps, before this step's transforms
+                    kept[step] = x.detach().cpu()
                 for transform in strategy.transforms:
                     x = transform(x, generators)
                 value = objective(tap(x))
@@ -388,7 +397,10 @@ def visualize(model: nn.Module, layer: str, units: Unit, image_shape: Sequence[i
     finally:
         model.train(was_training)
     shape = (len(unit_list), n_inits)
-    return FVResult(images=images.detach().cpu().reshape(*shape, *images.shape[1:]),
+    images = images.detach().cpu()
+    kept[steps] = images
+    return FVResult(images=images.reshape(*shape, *images.shape[1:]),
                     q=q.detach().cpu().reshape(*shape, *q.shape[1:]),
                     trajectory=torch.stack(trajectory).cpu().reshape(-1, *shape),
-                    units=unit_list)
+                    units=unit_list,
+                    snapshots={int(k): kept[int(k)].reshape(*shape, *images.shape[1:]) for k in snapshots})
