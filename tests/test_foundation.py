@@ -135,6 +135,18 @@ def test_normalize_matches_manual():
     assert torch.allclose(models.MnistCNN().normalize(x), (x - 0.1307) / 0.3081)
 
 
+def test_fashion_mnist_cnn_uses_its_own_pixel_statistics():
+    from gsmu.base import data
+    x, _ = data.load_fashion_mnist("train")
+    mean, std = x.mean().item(), x.std().item()  # computed here, independently of the stored constants
+    cnn = models.MnistCNN(dataset="fashion_mnist")
+    assert abs(cnn.normalize.mean.item() - mean) < 1e-3 and abs(cnn.normalize.std.item() - std) < 1e-3
+    z = cnn.normalize(x[:512])
+    assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
+    with pytest.raises(ValueError, match="dataset"):
+        models.MnistCNN(dataset="cifar10")
+
+
 def _separable(n=200, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=g)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from .runtime import check_choice, check_int
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # over Fashion-MNIST's 60k training images
+GRAYSCALE_STATS = {"mnist": (MNIST_MEAN, MNIST_STD), "fashion_mnist": (FASHION_MNIST_MEAN, FASHION_MNIST_STD)}
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -41,9 +43,10 @@ class MnistCNN(nn.Module):
 
     input_shape = (1, 28, 28)
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, dataset: str = "mnist"):
         super().__init__()
-        self.normalize = Normalize(MNIST_MEAN, MNIST_STD)
+        # each data set standardized by its own pixel statistics (`dataset`: "mnist" or "fashion_mnist")
+        self.normalize = Normalize(*GRAYSCALE_STATS[check_choice("dataset", dataset, tuple(GRAYSCALE_STATS))])
         self.conv1 = nn.Conv2d(1, 16, 5)
         self.conv2 = nn.Conv2d(16, 32, 5)
         self.fc1 = nn.Linear(512, 256)
