@@ -7,7 +7,7 @@ import torch
 
 from gsmu.mu import backdoor, unlearn
 from gsmu.mu.backdoor import Cross, Distributed, Features, Noise, Pattern, attack_success_rate, poison
-from gsmu.mu.influence import Exact, Objective, cross_entropy_sum
+from gsmu.mu.influence import Exact, Objective, cross_entropy_sum, gradient_residual
 
 
 def _images(n=60, seed=0):
@@ -220,3 +220,68 @@ def test_sisa_row_retrains_the_poisoned_shards():
                                    shards=4, seed=0, device="cpu")
     assert row["asr"] == attack_success_rate(clean, x, y, target=0, pattern=pattern)
     assert torch.equal(sisa.data[0], p.data[0])  # the given ensemble is left untouched
+
+
+def _old_unlearn_backdoor(model, objective, p, test, taus, fine_tune_lr, solver, seed, max_iter=300, tol=1e-4):
+    """The former `unlearn_backdoor`'s own method list, kept here as an independent computation of its rows
+    (τ by the smallest gradient residual on the clean data)."""
+    request, clean = p.request(), p.clean
+    runs = {"none": (model, unlearn.UpdateResult("none", 0.0, 0)),
+            "fine-tuning": unlearn.fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed),
+            "first-order": unlearn.best_first_order(model, objective, request, clean, taus)}
+    for hessian in unlearn.HESSIANS:
+        runs[f"second-order ({hessian} H)"] = unlearn.second_order(
+            model, objective, request, p.data, solver=solver, settings=unlearn.SecondOrder(hessian=hessian, seed=seed),
+            batch_size=len(clean[0]))
+    runs["retraining"] = unlearn.retrain(model, objective, clean, max_iter=max_iter, tol=tol)
+    retrained = runs["retraining"][0]
+    return {name: {"accuracy": unlearn.accuracy(m, *test),
+                   "asr": attack_success_rate(m, *test, target=p.target, pattern=p.pattern),
+                   "distance": unlearn.param_distance(m, retrained), "grad_evals": result.grad_evals,
+                   "tau": result.extra.get("tau")} for name, (m, result) in runs.items()}
+
+
+def test_unlearn_backdoor_through_compare_methods_gives_the_former_rows():
+    x, y = _clustered(3)
+    p = poison(x, y, fraction=0.1, target=0, pattern=Features(features=4, shape=(1, 6, 6)), seed=1)
+    objective = Objective(criterion=cross_entropy_sum, l2=1.0)
+    model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
+    old = _old_unlearn_backdoor(model, objective, p, (x, y), [1e-3, 1e-2, 1e-1], 0.1, Exact(), 0)
+    rows = backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3, 1e-2, 1e-1], fine_tune_lr=0.1,
+                                     solver=Exact(), seed=0)
+    assert sorted(r["method"] for r in rows) == sorted(old)
+    for row in rows:
+        expected = old[row["method"]]
+        assert row["pattern"] == "feature"
+        for column in ("accuracy", "asr", "distance", "grad_evals"):
+            assert row[column] == expected[column], (row["method"], column)
+        if row["method"] == "first-order":
+            assert row["tau"] == expected["tau"]
+
+
+def test_unlearn_backdoor_chooses_tau_on_the_validation_images():
+    x, y = _clustered(5)
+    valid = _clustered(105)  # held-out images, never trained on (other class centres: a shifted distribution)
+    p = poison(x, y, fraction=0.1, target=0, pattern=Cross(value=1.0, shape=(1, 6, 6)), seed=0)
+    objective = Objective(criterion=cross_entropy_sum, l2=1.0)
+    model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
+    taus = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    rows = {r["method"]: r for r in backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=taus,
+                                                              fine_tune_lr=0.1, solver=Exact(), seed=0, valid=valid)}
+    # Oracle: retrain on the clean data from scratch and score each τ's validation agreement with it here.
+    retrained = backdoor.logistic_regression(p.clean, objective, seed=7, device="cpu", tol=1e-9, max_iter=1000)
+    with torch.no_grad():
+        reference, p_ref = retrained(valid[0]).argmax(1), torch.softmax(retrained(valid[0]), 1)
+        scores = []
+        for tau in taus:
+            m, _ = unlearn.first_order(model, objective, p.request(), tau=tau)
+            out = m(valid[0])
+            scores.append((float((out.argmax(1) == reference).double().mean()),
+                           -float((torch.softmax(out, 1) - p_ref).abs().sum(1).mean())))
+    best = max(range(len(taus)), key=scores.__getitem__)
+    assert rows["first-order"]["tau"] == taus[best]
+    assert rows["first-order"]["distance"] < rows["none"]["distance"]
+    # here the former rule (smallest gradient residual on the clean data) picks another τ: valid= is what chose
+    residuals = [gradient_residual(unlearn.first_order(model, objective, p.request(), tau=t)[0], objective, p.clean)
+                 for t in taus]
+    assert taus[int(np.argmin(residuals))] != taus[best]

@@ -15,6 +15,7 @@ from gsmu.mu.unlearn import (Factorization, Factorized, Request, SecondOrder, Si
                              is_certified, landing, param_distance, perturbation, relabel, remove_features,
                              remove_rows, replace_tokens, request_from_datasets, retrain, retrain_fraction,
                              second_order, text_windows, zero_features)
+from gsmu.mu.unlearn import METHODS as unlearn_methods
 
 
 def _mse_sum(out, target):
@@ -706,3 +707,106 @@ def test_tau_choice_and_landing_raise_clear_errors(logreg):
         landing(model, objective, (x, y), request, valid=(x, y), taus=[1e-2], steps=2, damping=0)
     with pytest.raises(ValueError, match="coincide"):
         retrain_fraction(model, model, model)
+
+
+def test_compare_methods_hook_receives_every_methods_model(logreg):
+    model, objective, x, y = logreg
+    request = remove_features(x, y, [0], rows=list(range(8)))
+    test = (zero_features(x, [0]), y)
+    sisa = Sisa(lambda: nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double(),
+                lambda m, d: fit_lbfgs(m, objective, d), (x, y), shards=4)
+    seen = []
+
+    def hook(m):
+        seen.append(m)
+        # an independent measure of each model: its mean predicted label on the test rows
+        return {"mean_label": float(m.predict(test[0]).double().mean()) if isinstance(m, Sisa)
+                else float((m(test[0]) > 0).double().mean())}
+
+    rows, fitted = compare_methods(model, objective, (x, y), request, test, taus=[1e-3, 1e-2], fine_tune_lr=0.1,
+                                   sisa=sisa, metrics=hook, names={"occlusion": "none"})
+    assert [r["method"] for r in rows] == ["none"] + list(unlearn_methods[1:])
+    assert len(seen) == len(rows) and all(a is b for a, b in zip(seen, fitted.values()))  # each model, once
+    assert isinstance(seen[-1], Sisa) and seen[-1] is not sisa  # the unlearned copy, not the given ensemble
+    for row, m in zip(rows, seen):
+        assert row["mean_label"] == hook(m)["mean_label"]
+        predicted = m.predict(test[0]) if isinstance(m, Sisa) else (m(test[0]) > 0).long()
+        assert row["accuracy"] == pytest.approx(float((predicted == y).double().mean()), abs=1e-7)
+        assert row["fidelity"] == float((predicted == (fitted["retraining"](test[0]) > 0).long()).double().mean())
+    with pytest.raises(ValueError, match="metrics"):
+        compare_methods(model, objective, (x, y), request, test, taus=[1e-3], fine_tune_lr=0.1,
+                        metrics=lambda m: {"accuracy": 1.0})
+    with pytest.raises(ValueError, match="names"):
+        compare_methods(model, objective, (x, y), request, test, taus=[1e-3], fine_tune_lr=0.1,
+                        names={"second order": "x"})
+    with pytest.raises(ValueError, match="solver"):
+        compare_methods(model, objective, (x, y), request, test, taus=[1e-3], fine_tune_lr=0.1,
+                        solver={"original": "exact"})
+    with pytest.raises(ValueError, match="taus"):
+        compare_methods(model, objective, (x, y), request, test, taus=[], fine_tune_lr=0.1)
+
+
+def test_compare_methods_takes_one_solver_per_hessian(logreg):
+    model, objective, x, y = logreg
+    request = remove_features(x, y, [1], rows=list(range(10)))
+    corrected = apply_request((x, y), request)
+    solvers = {"original": Factorized(Factorization.build(model, objective, (x, y))),
+               "corrected": Factorized(Factorization.build(model, objective, corrected))}
+    _, by_mapping = compare_methods(model, objective, (x, y), request, (zero_features(x, [1]), y), taus=[1e-2],
+                                    fine_tune_lr=0.1, solver=solvers)
+    for hessian in ("original", "corrected"):
+        dense, _ = second_order(model, objective, request, (x, y), solver=Exact(),
+                                settings=SecondOrder(hessian=hessian))
+        np.testing.assert_allclose(_flat(by_mapping[f"second-order ({hessian} H)"]), _flat(dense), rtol=1e-9,
+                                   atol=1e-11)
+
+
+def test_compare_methods_chooses_tau_by_validation_agreement_with_exact_retraining():
+    # Strong L2 (100 on 200 rows): some τ along −G lands well, so the choice is not "a τ that does nothing".
+    (x, y), valid = _logreg_data(3, 200, 100.0), _logreg_data(4, 300, 100.0)
+    objective = Objective(criterion=binary_cross_entropy_sum, l2=100.0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double()
+    fit_lbfgs(model, objective, (x, y))
+    request = fix_labels(x, y, 1 - y, rows=list(range(0, 40, 2)), num_classes=2)
+    taus = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+    rows, fitted = compare_methods(model, objective, (x, y), request, valid, taus=taus, fine_tune_lr=0.1,
+                                   valid=valid)
+    table = {r["method"]: r for r in rows}
+    # Oracle: the corrected objective's optimum by Newton's method in numpy (cold start), then each τ's
+    # agreement with its validation predictions (ties: the smaller mean probability gap), computed here.
+    xb, labels = np.hstack([x.numpy(), np.ones((len(x), 1))]), apply_request((x, y), request)[1].numpy()
+    theta = np.zeros(6)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-xb @ theta))
+        theta -= np.linalg.solve(xb.T @ (xb * (p * (1 - p))[:, None]) + 100.0 * np.eye(6),
+                                 xb.T @ (p - labels) + 100.0 * theta)
+    vb = np.hstack([valid[0].numpy(), np.ones((len(valid[0]), 1))])
+    p_exact = 1 / (1 + np.exp(-vb @ theta))
+    scores = []
+    for tau in taus:
+        m, _ = first_order(model, objective, request, tau=tau)
+        p = 1 / (1 + np.exp(-vb @ _flat(m)))
+        scores.append((float(np.mean((p > 0.5) == (p_exact > 0.5))), -float(np.abs(p - p_exact).mean())))
+    best = max(range(len(taus)), key=scores.__getitem__)
+    assert table["first-order"]["tau"] == taus[best] and taus[best] > min(taus)
+    assert all(math.isnan(r["tau"]) for r in rows if r["method"] != "first-order")
+    # the chosen τ lands: much closer to retraining than leaving θ* alone
+    assert table["first-order"]["distance"] < 0.6 * table["occlusion"]["distance"]
+    np.testing.assert_allclose(_flat(fitted["retraining"]), theta, atol=1e-6)  # the reference is exact
+
+
+def test_sisa_counts_the_gradients_of_its_fits(logreg):
+    _, objective, x, y = logreg
+    counted = []
+
+    def fit(m, d):  # the oracle: the evaluations each L-BFGS fit reports, summed here
+        result = fit_lbfgs(m, objective, d)
+        counted.append(result.grad_evals)
+        return result
+
+    sisa = Sisa(lambda: nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double(), fit, (x, y), shards=4, seed=1)
+    assert sisa.training_grad_evals == sum(counted) > 0
+    counted.clear()
+    res = sisa.unlearn(fix_labels(x, y, 1 - y, rows=[0, 1], num_classes=2))
+    assert len(counted) == res.extra["shards_retrained"] and res.grad_evals == sum(counted)

@@ -6,8 +6,9 @@ the authors list (`relevant_features.txt`) are removed — zeroed in every row w
 (Z: those rows; Z̃: the same rows with the features zeroed) — and every method of the paper is compared
 with retraining on the corrected data: occlusion (unchanged model, features zeroed at test time),
 fine-tuning (one SGD pass over Z̃), SISA (20 shards, majority vote), first-order `θ − τG` (τ chosen on
-validation data), second-order `θ − H⁻¹G` with H from the original data D (the paper) and from the
-corrected data D̃ (ours: one Newton step on the corrected objective).
+validation rows by agreement with retraining, the paper's fidelity), second-order `θ − H⁻¹G` with H from the
+original data D (the paper) and from the corrected data D̃ (ours: one Newton step on the corrected objective),
+all through the one method list of `unlearn.compare_methods`.
 
 The updates come from `gsmu.mu.unlearn`; H is formed and Cholesky-factorized once per trained model with
 `gsmu.mu.curvature.Factorization` (Kronecker route of a linear model), so each request then costs its
@@ -29,10 +30,12 @@ from ..base import models, tabular
 from ..base.runtime import check_choice, check_int, check_range
 from . import cost, curvature, unlearn
 from .curvature import Factorization, Factorized
-from .influence import Objective, binary_cross_entropy_sum, gradient_residual
+from .influence import Objective, binary_cross_entropy_sum
 
-METHODS = ("occlusion", "fine-tuning", "SISA", "first-order", "second-order (D)", "second-order (D̃)",
-           "retraining")
+# `unlearn.compare_methods`'s methods (its order) as §6.1 and this module name them (D: the original data, D̃:
+# the corrected data).
+NAMES = {"second-order (original H)": "second-order (D)", "second-order (corrected H)": "second-order (D̃)"}
+METHODS = tuple(NAMES.get(m, m) for m in unlearn.METHODS)
 
 
 @dataclass
@@ -129,37 +132,14 @@ def feature_request(task: Task, k: int, generator: torch.Generator) -> Unlearnin
                       (unlearn.zero_features(task.valid[0], features), task.valid[1]))
 
 
-def validation_tau(task: Task, job: Unlearning, taus: list[float]) -> tuple[nn.Module, unlearn.UpdateResult]:
-    """First-order update with the τ of `taus` whose model has the smallest logistic loss on the validation
-    rows with the features removed (never the test rows); G is computed once for all τ."""
-    sweep = unlearn.first_order_sweep(task.model, task.objective, job.request, taus)
-    with torch.no_grad():
-        losses = [float(task.objective(m, *job.valid)) for m, _ in sweep]
-    best = int(np.argmin(losses))
-    model, result = sweep[best]
-    result.extra.update(validation_loss=losses[best], forwards=len(taus) * len(job.valid[0]))
-    return model, result
-
-
-class _CountingFit:
-    """SISA's shard training (L-BFGS), counting the per-example gradients it evaluates."""
-
-    def __init__(self, objective: Objective):
-        self.objective, self.grad_evals = objective, 0
-
-    def __call__(self, model: nn.Module, data: tuple[Tensor, Tensor]) -> None:
-        # tol 1e-6: the shard models vote, their predictions do not change below it (checked here on Adult
-        # and Drebin); the tighter tol of the single model only costs L-BFGS iterations.
-        self.grad_evals += unlearn.fit_lbfgs(model, self.objective, data, tol=1e-6).grad_evals
-
-
 def sisa(task: Task, shards: int, seed: int) -> unlearn.Sisa:
-    """The SISA ensemble of `shards` L-BFGS-trained logistic regressions on the task's training data."""
+    """The SISA ensemble of `shards` L-BFGS-trained logistic regressions on the task's training data (it
+    counts the gradients its shards' training evaluates: `training_grad_evals`)."""
     check_int("shards", shards, 2)
-    fit = _CountingFit(task.objective)
-    ensemble = unlearn.Sisa(task.new_model, fit, task.train, shards=shards, seed=seed)
-    ensemble.fit = fit
-    return ensemble
+    # tol 1e-6: the shard models vote, their predictions do not change below it (checked here on Adult and
+    # Drebin); the tighter tol of the single model only costs L-BFGS iterations.
+    fit = lambda model, data: unlearn.fit_lbfgs(model, task.objective, data, tol=1e-6)
+    return unlearn.Sisa(task.new_model, fit, task.train, shards=shards, seed=seed)
 
 
 def _hessian_passes(task: Task, fact: Factorization) -> float:
@@ -169,61 +149,43 @@ def _hessian_passes(task: Task, fact: Factorization) -> float:
 
 def run_methods(task: Task, job: Unlearning, *, taus: list[float], fine_tune_lr: float,
                 ensemble: unlearn.Sisa | None, seed: int) -> tuple[list[dict], dict[str, nn.Module]]:
-    """Every method of §6.1 on one request. Returns table rows (method, test accuracy with the features
-    removed, fidelity = agreement with the retrained model's test predictions, gradient residual on the
-    corrected data, distance to the retrained θ relative to the original θ's, pass equivalents and seconds
-    of the request, and the one-off pass equivalents and seconds paid once per trained model and shared by
-    every request: forming and factorizing H of D for second-order (D), training the shards for SISA —
-    whose seconds are not measured here, NaN) and the models. `ensemble=None` leaves SISA out."""
-    model, objective, request = task.model, task.objective, job.request
-    runs = {"occlusion": (copy.deepcopy(model), 0.0, 0.0)}
-    m, r = unlearn.fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed)
-    runs["fine-tuning"] = (m, cost.passes(gradients=r.grad_evals), r.seconds)
-    m, r = validation_tau(task, job, taus)
-    tau = r.extra["tau"]
-    runs["first-order"] = (m, cost.passes(gradients=r.grad_evals, forwards=r.extra["forwards"]), r.seconds)
-    m, r = unlearn.second_order(model, objective, request, task.train, solver=Factorized(task.hessian))
-    runs["second-order (D)"] = (m, cost.passes(gradients=r.grad_evals), r.seconds)
-    corrected_h = Factorization.build(model, objective, job.corrected)
-    m, r = unlearn.second_order(model, objective, request, task.train, solver=Factorized(corrected_h),
-                                settings=unlearn.SecondOrder(hessian="corrected"))
-    runs["second-order (D̃)"] = (m, cost.passes(gradients=r.grad_evals) + _hessian_passes(task, corrected_h),
-                                 r.seconds + corrected_h.cost.seconds)
-    m, r = unlearn.retrain(model, objective, job.corrected)
-    runs["retraining"] = (m, cost.passes(gradients=r.grad_evals), r.seconds)
-    target = runs["retraining"][0]
-    reference = unlearn.predict(target, job.test[0])
-    scale = unlearn.param_distance(model, target)
-    rows = []
-    for name, (m, passes, seconds) in runs.items():
-        rows.append({"method": name, "accuracy": unlearn.accuracy(m, *job.test),
-                     "fidelity": float((unlearn.predict(m, job.test[0]) == reference).double().mean()),
-                     "residual": gradient_residual(m, objective, job.corrected),
-                     "distance": unlearn.param_distance(m, target) / scale if scale > 0 else 0.0,
-                     "passes": passes, "seconds": seconds, "one-off passes": 0.0, "one-off seconds": 0.0})
-    once = rows[list(runs).index("second-order (D)")]
-    once["one-off passes"], once["one-off seconds"] = _hessian_passes(task, task.hessian), task.hessian.cost.seconds
-    if ensemble is not None:
-        shards = copy.deepcopy(ensemble)
-        training = cost.passes(gradients=shards.fit.grad_evals)  # the shards' training, before the request's
-        shards.fit.grad_evals = 0
-        r = shards.unlearn(request)
-        predicted = shards.predict(job.test[0])
-        rows.insert(2, {"method": "SISA", "accuracy": float((predicted == job.test[1]).double().mean()),
-                        "fidelity": float((predicted == reference).double().mean()), "residual": float("nan"),
-                        "distance": float("nan"), "passes": cost.passes(gradients=shards.fit.grad_evals),
-                        "seconds": r.seconds, "one-off passes": training, "one-off seconds": float("nan")})
+    """Every method of §6.1 on one request: `unlearn.compare_methods` with first-order's τ chosen on the
+    validation rows (features removed) by agreement with retraining, second-order solving with H of D
+    factorized once per model and H of D̃ formed and factorized for the request. Rows as there (method names
+    of `METHODS`; `tau`: the chosen τ on the first-order row), with the distance to the retrained θ relative
+    to the original θ's (occlusion = 1), the request's costs — second-order (D̃)'s include forming and
+    factorizing its H — and the one-off pass equivalents and seconds paid once per trained model and shared
+    by every request: forming and factorizing H of D for second-order (D), training the shards for SISA
+    (whose seconds are not measured here, NaN). `ensemble=None` leaves SISA out."""
+    corrected_h = Factorization.build(task.model, task.objective, job.corrected)
+    solvers = {"original": Factorized(task.hessian), "corrected": Factorized(corrected_h)}
+    rows, fitted = unlearn.compare_methods(task.model, task.objective, task.train, job.request, job.test, taus=taus,
+                                           fine_tune_lr=fine_tune_lr, sisa=ensemble, solver=solvers, seed=seed,
+                                           valid=job.valid, names=NAMES)
+    table = {row["method"]: row for row in rows}
+    scale = table["occlusion"]["distance"]  # ‖θ* − θ_retrained‖
     for row in rows:
-        row["tau"] = tau if row["method"] == "first-order" else float("nan")
-    return rows, {name: m for name, (m, _, _) in runs.items()}
+        row["distance"] = row["distance"] / scale if scale > 0 else 0.0
+        row["one-off passes"], row["one-off seconds"] = 0.0, 0.0
+    table["second-order (D̃)"]["passes"] += _hessian_passes(task, corrected_h)
+    table["second-order (D̃)"]["seconds"] += corrected_h.cost.seconds
+    table["second-order (D)"]["one-off passes"] = _hessian_passes(task, task.hessian)
+    table["second-order (D)"]["one-off seconds"] = task.hessian.cost.seconds
+    if ensemble is not None:
+        table["SISA"]["one-off passes"] = cost.passes(gradients=ensemble.training_grad_evals)
+        table["SISA"]["one-off seconds"] = float("nan")
+    return rows, fitted
 
 
 def timings(task: Task, job: Unlearning, *, taus: list[float], repeats: int) -> dict[str, float]:
-    """Median wall time (seconds, `repeats` calls) of first-order (all τ), second-order with the factorized
-    H of D, second-order forming and factorizing H of D̃, and warm-started retraining."""
+    """Median wall time (seconds, `repeats` calls) of first-order (all τ, scored on the validation rows
+    against the retrained model, which is trained once beforehand and not timed here), second-order with the
+    factorized H of D, second-order forming and factorizing H of D̃, and warm-started retraining."""
     model, objective, request = task.model, task.objective, job.request
+    retrained, _ = unlearn.retrain(model, objective, job.corrected)
     calls = {
-        "first-order": lambda: validation_tau(task, job, taus),
+        "first-order": lambda: unlearn.best_first_order(model, objective, request, job.corrected, taus,
+                                                        valid=job.valid, reference=retrained),
         "second-order (D)": lambda: unlearn.second_order(model, objective, request, task.train,
                                                          solver=Factorized(task.hessian)),
         "second-order (D̃)": lambda: unlearn.second_order(

@@ -15,7 +15,6 @@ regression on pixels): a pattern knows its image `shape`.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Sequence
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import models
-from ..base.runtime import check_int, check_nonempty, check_positive, check_range, get_device
+from ..base.runtime import check_int, check_range, get_device
 from . import cost, unlearn  # noqa: F401 — cost silences torch's jit deprecation warning of the HVPs (see there)
 from .influence import Batch, Objective, Solver
 
@@ -278,48 +277,29 @@ def sisa_ensemble(poisoned: Poisoned, objective: Objective, *, shards: int, seed
     return unlearn.Sisa(build, fit, poisoned.data, shards, seed=seed)
 
 
-METHODS = ("none", "fine-tuning", "first-order", "second-order (original H)", "second-order (corrected H)",
-           "retraining")
+# `unlearn.compare_methods`'s methods as this experiment names them: the unchanged model is "none" (occlusion
+# has nothing to hide at test time — the trigger is not a feature of clean inputs); SISA comes last when given.
+NAMES = {"occlusion": "none"}
+METHODS = tuple(NAMES.get(m, m) for m in unlearn.METHODS if m != "SISA")
 
 
 def unlearn_backdoor(model: nn.Module, objective: Objective, poisoned: Poisoned, test: Batch, *,
                      taus: Sequence[float], fine_tune_lr: float, solver: Solver, seed: int,
-                     max_iter: int = 300, tol: float = 1e-4, sisa: unlearn.Sisa | None = None) -> list[dict]:
-    """Every method of `METHODS` applied to `model` (trained on `poisoned.data`, flattened rows) with the
-    request `poisoned.request()`: one row each with the clean test accuracy, the attack success rate on the
-    triggered test images, the distance to the retrained model, gradient evaluations and seconds.
+                     valid: Batch | None = None, max_iter: int = 300, tol: float = 1e-4,
+                     sisa: unlearn.Sisa | None = None) -> list[dict]:
+    """`unlearn.compare_methods` on the request `poisoned.request()` for `model` (trained on `poisoned.data`,
+    flattened rows), scored on the clean `test` images and, per method, by the attack success rate on them
+    triggered (`asr`). One row per method of `METHODS` (then "SISA" with `sisa`, an ensemble trained on the
+    poisoned data, `sisa_ensemble`), each tagged with the pattern's name.
 
-    "none" is the poisoned model itself (occlusion: nothing to hide at test time — the trigger is not a
-    feature of clean inputs); first-order takes the τ of `taus` with the smallest gradient residual on the
-    clean data (no retrained model needed); second-order solves with `solver` (H of the poisoned data, the
-    paper's, or of the clean data: one Newton step on the clean objective); retraining is warm-started
-    L-BFGS on the clean data. With `sisa` (an ensemble trained on the poisoned data, `sisa_ensemble`) a last
-    row "SISA" scores a copy of it after retraining the shards that hold poisoned rows (no single θ: its
-    distance is NaN)."""
-    check_positive("fine_tune_lr", fine_tune_lr)
-    check_nonempty("taus", taus)
-    for tau in taus:  # before any update runs
-        check_positive("taus", tau)
-    request, clean = poisoned.request(), poisoned.clean
-    runs = {"none": (model, unlearn.UpdateResult("none", 0.0, 0)),
-            "fine-tuning": unlearn.fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed),
-            "first-order": unlearn.best_first_order(model, objective, request, clean, taus)}
-    for hessian in unlearn.HESSIANS:
-        runs[f"second-order ({hessian} H)"] = unlearn.second_order(
-            model, objective, request, poisoned.data, solver=solver,
-            settings=unlearn.SecondOrder(hessian=hessian, seed=seed), batch_size=len(clean[0]))
-    runs["retraining"] = unlearn.retrain(model, objective, clean, max_iter=max_iter, tol=tol)
-    retrained = runs["retraining"][0]
-    x_test, y_test = test
-    rows = [{"pattern": poisoned.pattern.name, "method": name, "accuracy": unlearn.accuracy(m, x_test, y_test),
-             "asr": attack_success_rate(m, x_test, y_test, target=poisoned.target, pattern=poisoned.pattern),
-             "distance": unlearn.param_distance(m, retrained), "grad_evals": result.grad_evals,
-             "seconds": result.seconds, "tau": result.extra.get("tau")} for name, (m, result) in runs.items()]
-    if sisa is not None:
-        ensemble = copy.deepcopy(sisa)
-        result = ensemble.unlearn(request)
-        asr = attack_success_rate(ensemble, x_test, y_test, target=poisoned.target, pattern=poisoned.pattern)
-        rows.append({"pattern": poisoned.pattern.name, "method": "SISA", "accuracy": ensemble.accuracy(x_test, y_test),
-                     "asr": asr, "distance": math.nan, "grad_evals": result.grad_evals, "seconds": result.seconds,
-                     "tau": None, "shards_retrained": result.extra["shards_retrained"]})
-    return rows
+    First-order's τ: with `valid` (held-out clean images, never trained on and not the test images) the τ of
+    `taus` whose predictions there agree best with the retrained model's (the paper's fidelity); without, the
+    smallest gradient residual on the clean data. Second-order solves with `solver` (H of the poisoned data,
+    the paper's, or of the clean data: one Newton step on the clean objective); retraining is warm-started
+    L-BFGS (`max_iter`, `tol`) on the clean data."""
+    asr = lambda m: {"asr": attack_success_rate(m, *test, target=poisoned.target, pattern=poisoned.pattern)}
+    rows, _ = unlearn.compare_methods(model, objective, poisoned.data, poisoned.request(), test, taus=taus,
+                                      fine_tune_lr=fine_tune_lr, sisa=sisa, solver=solver, seed=seed, valid=valid,
+                                      metrics=asr, names=NAMES, batch_size=len(poisoned.data[0]),
+                                      retrain_max_iter=max_iter, retrain_tol=tol)
+    return [{"pattern": poisoned.pattern.name} | row for row in rows]

@@ -23,13 +23,13 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..base import train
-from ..base.runtime import check_choice, get_device
+from ..base.runtime import check_choice, check_nonempty, check_positive, get_device
 from . import cost
 from .influence import (CG, Batch, Curvature, Exact, LiSSA, Objective, ParamSpace, Solver, SolveStats, device_of,
                         get_solver, gradient_difference, gradient_residual, loss_gradient, value_and_gradient)
@@ -688,7 +688,10 @@ class Sisa:
     """SISA training (Bourtoule et al.): `shards` disjoint random shards, one model each, majority vote.
 
     Unlearning retrains only the shards that hold affected rows, on their corrected rows (removed rows
-    leave their shard). `fit(model, data)` trains a model in place; `build()` makes a fresh one.
+    leave their shard). `fit(model, data)` trains a model in place; `build()` makes a fresh one. When `fit`
+    returns a record with `grad_evals` (as `fit_lbfgs` does) the ensemble counts them: `training_grad_evals`
+    (training every shard) and each `unlearn` result's `grad_evals` (retraining the touched shards); a `fit`
+    that returns nothing leaves both None.
     """
 
     def __init__(self, build: Callable[[], nn.Module], fit: Callable[[nn.Module, Batch], object],
@@ -702,12 +705,16 @@ class Sisa:
         self.shard_of = torch.empty(n, dtype=torch.long)
         for s, idx in enumerate(order.tensor_split(shards)):
             self.shard_of[idx] = s
+        self._evals: int | None = 0
         self.models = [self._train(s) for s in range(shards)]
+        self.training_grad_evals: int | None = self._evals
 
     def _train(self, shard: int) -> nn.Module:
         idx = ((self.shard_of == shard) & self.active).nonzero().reshape(-1)
         model = self.build()
-        self.fit(model, (self.data[0][idx], self.data[1][idx]))
+        evals = getattr(self.fit(model, (self.data[0][idx], self.data[1][idx])), "grad_evals", None)
+        # one shard whose fit does not count makes the whole count unknown (None), never an undercount
+        self._evals = None if evals is None or self._evals is None else self._evals + evals
         return model
 
     def predict(self, x: Tensor) -> Tensor:
@@ -728,9 +735,10 @@ class Sisa:
         self.data[1][rows[kept]] = request.z_tilde[1][kept].to(self.data[1])
         self.active[rows[request.removed]] = False
         touched = torch.unique(self.shard_of[rows]).tolist()
+        self._evals = 0
         for s in touched:
             self.models[s] = self._train(s)
-        return UpdateResult("SISA", time.perf_counter() - start, None,
+        return UpdateResult("SISA", time.perf_counter() - start, self._evals,
                             extra={"shards_retrained": len(touched)})
 
 
@@ -840,37 +848,101 @@ def best_first_order(model: nn.Module, objective: Objective, request: Request, c
     return new, result
 
 
+METHODS = ("occlusion", "retraining", "fine-tuning", "first-order", "second-order (original H)",
+           "second-order (corrected H)", "SISA")
+COLUMNS = ("method", "accuracy", "fidelity", "residual", "distance", "grad_evals", "passes", "seconds", "tau")
+Predictor = nn.Module | Sisa
+Metrics = Callable[[Predictor], dict[str, float]]
+
+
+def predictions(model: Predictor, x: Tensor) -> Tensor:
+    """Hard predictions (CPU) of a module (`predict`) or of an ensemble with a `predict` method (`Sisa`)."""
+    return predict(model, x) if isinstance(model, nn.Module) else model.predict(x).cpu()
+
+
+def _solvers(solver: Solver | str | Mapping[str, Solver | str]) -> dict[str, Solver | str]:
+    if not isinstance(solver, Mapping):
+        return {hessian: solver for hessian in HESSIANS}
+    if set(solver) != set(HESSIANS):
+        raise ValueError(f"solver as a mapping needs one solver per Hessian, keys {list(HESSIANS)}; got "
+                         f"{sorted(solver)} (or give one solver for both).")
+    return dict(solver)
+
+
 def compare_methods(model: nn.Module, objective: Objective, data: Batch, request: Request, test: Batch, *,
                     taus: Sequence[float], fine_tune_lr: float, sisa: Sisa | None = None,
-                    solver: Solver | str = "exact", seed: int = 0,
-                    valid: Batch | None = None) -> tuple[list[dict], dict[str, nn.Module]]:
-    """All unlearning methods of the paper's Section 6 on one request, side by side.
+                    solver: Solver | str | Mapping[str, Solver | str] = "exact", seed: int = 0,
+                    valid: Batch | None = None, metrics: Metrics | None = None,
+                    names: Mapping[str, str] | None = None, batch_size: int = 1024, retrain_max_iter: int = 500,
+                    retrain_tol: float = 1e-10) -> tuple[list[dict], dict[str, nn.Module]]:
+    """All unlearning methods of the paper's Section 6 on one request, side by side — the one method list
+    behind every comparison (feature removal in notebooks 05 and 09, backdoor removal in notebook 11).
 
-    `test` (and `valid`) must already look like the corrected data (e.g. features removed). First-order's
-    τ: with held-out `valid` rows, the one whose predictions there agree best with retraining's (see
-    `best_first_order`); without, the smallest gradient residual on the corrected data. Rows hold the
-    method, test accuracy, gradient residual on the corrected training data, distance to the retrained
-    model, gradient evaluations and seconds; SISA (an ensemble) has no single θ, so no residual or distance.
-    """
+    Methods (`METHODS`, in this order): occlusion (the unchanged model), warm-started L-BFGS retraining on the
+    corrected data (`retrain_max_iter`, `retrain_tol`) — the reference —, fine-tuning on Z̃ (`fine_tune_lr`),
+    first-order with the best τ of `taus`, second-order with H from the original and from the corrected data
+    (`solver`: one solver for both, or a mapping {"original": …, "corrected": …}, e.g. two `Factorized`;
+    `batch_size` chunks its passes), and with `sisa` a copy of that ensemble after unlearning (the given one is
+    left untouched). First-order's τ: with held-out `valid` rows, the one whose predictions there agree best
+    with retraining's (the paper's fidelity, `best_first_order(valid=, reference=)`); without, the smallest
+    gradient residual on the corrected data. `test` (and `valid`) must already look like the corrected data
+    (e.g. features removed).
+
+    Each row (`COLUMNS`): the method (renamed by `names`, e.g. {"occlusion": "none"}), test accuracy, fidelity
+    (share of test predictions equal to the retrained model's), gradient residual on the corrected training
+    data, distance ‖θ − θ_retrained‖, per-example gradient evaluations, pass equivalents (`gsmu.mu.cost`:
+    gradients, HVPs and forward passes), seconds and the chosen τ (NaN but for first-order), then whatever
+    `metrics(model)` returns for that method's model (the SISA ensemble included), e.g. an attack success
+    rate. SISA (an ensemble) has no single θ: its residual and distance are NaN; its row adds
+    `shards_retrained`. Returns the rows and the models by (renamed) method, SISA excepted."""
+    check_nonempty("taus", taus)
+    for tau in taus:  # before any update runs
+        check_positive("taus", tau)
+    check_positive("fine_tune_lr", fine_tune_lr)
+    solvers = _solvers(solver)
+    names = dict(names or {})
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        raise ValueError(f"names renames {unknown}, which are not methods; the methods are {list(METHODS)}.")
     corrected = apply_request(data, request)
     runs = {"occlusion": (copy.deepcopy(model), UpdateResult("occlusion", 0.0, 0))}
-    runs["retraining"] = retrain(model, objective, corrected)
+    runs["retraining"] = retrain(model, objective, corrected, max_iter=retrain_max_iter, tol=retrain_tol)
+    target = runs["retraining"][0]
     runs["fine-tuning"] = fine_tune(model, objective, request, lr=fine_tune_lr, seed=seed)
     runs["first-order"] = best_first_order(model, objective, request, corrected, taus, valid=valid,
-                                           reference=None if valid is None else runs["retraining"][0])
+                                           reference=None if valid is None else target)
     for hessian in HESSIANS:
-        runs[f"second-order ({hessian} H)"] = second_order(model, objective, request, data, solver=solver,
-                                                            settings=SecondOrder(hessian=hessian, seed=seed))
-    target = runs["retraining"][0]
-    rows = [{"method": name, "accuracy": accuracy(m, *test),
-             "residual": gradient_residual(m, objective, corrected), "distance": param_distance(m, target),
-             "grad_evals": res.grad_evals, "seconds": res.seconds} for name, (m, res) in runs.items()]
+        runs[f"second-order ({hessian} H)"] = second_order(model, objective, request, data, solver=solvers[hessian],
+                                                            settings=SecondOrder(hessian=hessian, seed=seed),
+                                                            batch_size=batch_size)
+    x_test, y_test = test
+    reference = predict(target, x_test)
+
+    def row(name: str, m: Predictor, res: UpdateResult, single: bool) -> dict:
+        predicted = predictions(m, x_test)
+        out = {"method": names.get(name, name),
+               # float32 mean, as `accuracy` and `Sisa.accuracy` have always reported it
+               "accuracy": float((predicted == y_test.reshape(-1).cpu()).float().mean()),
+               "fidelity": float((predicted == reference).double().mean()),
+               "residual": gradient_residual(m, objective, corrected) if single else math.nan,
+               "distance": param_distance(m, target) if single else math.nan,
+               "grad_evals": res.grad_evals,
+               "passes": math.nan if res.grad_evals is None else cost.passes(
+                   gradients=res.grad_evals - res.hvp_evals, hvps=res.hvp_evals, forwards=res.extra.get("forwards", 0)),
+               "seconds": res.seconds, "tau": res.extra.get("tau", math.nan) if name == "first-order" else math.nan}
+        extra = {} if metrics is None else dict(metrics(m))
+        clash = sorted(set(extra) & set(out))
+        if clash:
+            raise ValueError(f"metrics returned {clash}, which compare_methods already reports; give those "
+                             f"measures other names.")
+        return out | extra
+
+    rows = [row(name, m, res, True) for name, (m, res) in runs.items()]
     if sisa is not None:
         ensemble = copy.deepcopy(sisa)
         res = ensemble.unlearn(request)
-        rows.append({"method": "SISA", "accuracy": ensemble.accuracy(*test), "residual": float("nan"),
-                     "distance": float("nan"), "grad_evals": res.grad_evals, "seconds": res.seconds})
-    return rows, {name: m for name, (m, _) in runs.items()}
+        rows.append(row("SISA", ensemble, res, False) | {"shards_retrained": res.extra["shards_retrained"]})
+    return rows, {names.get(name, name): m for name, (m, _) in runs.items()}
 
 
 def retrain_fraction(model: nn.Module, updated: nn.Module, target: nn.Module) -> float:
