@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,13 +71,23 @@ class Requirement:
         return self.found is not None
 
 
-def reachable(host: str = "download.pytorch.org", timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to `host`:443 opens within `timeout` seconds (no data is sent)."""
+def reachable(url: str = "https://download.pytorch.org/models/resnet50-0676ba61.pth", timeout: float = 5.0) -> bool:
+    """Whether an HTTP HEAD request for `url` succeeds within about `timeout` seconds (nothing is downloaded).
+    It runs in a worker thread: urllib's timeout does not bound a hanging DNS resolver."""
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.request import Request, urlopen
+
+    def head() -> bool:
+        with urlopen(Request(url, method="HEAD"), timeout=timeout) as response:
+            return response.status == 200
+
+    pool = ThreadPoolExecutor(1)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
+        return pool.submit(head).result(timeout=timeout + 1)
+    except Exception:  # resolver failure, refused, HTTP error, timed out: all mean "cannot download" here
         return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _given(param: str, value: str | Path | None, key: str) -> Path | None:
