@@ -197,7 +197,7 @@ def test_evaluation_compares_both_models_on_an_independent_auroc():
     assert 0 <= ev.jaccard <= 1 and set(ev.accuracy) == {"before", "after"}
 
 
-def test_notebook_is_registered_with_one_quick_job():
+def test_notebook_is_registered_with_three_seeds():
     cfg = NOTEBOOKS["12_slingshot_imagenet"]
-    assert cfg.grid("quick") == {"seed": [0]}
+    assert cfg.grid("quick") == {"seed": [0, 1, 2]}
     assert cfg.for_profile("paper").n_classes == 64 and cfg.for_profile("paper").fv_steps == 500
