@@ -8,7 +8,7 @@ from torch import nn
 
 from gsmu.base.models import LogisticRegression
 from gsmu.mu.influence import Objective, binary_cross_entropy_sum
-from gsmu.mu.membership import (AttackResult, UnlearningAudit, _logit_confidence, audit_unlearning, lira,
+from gsmu.mu.membership import (AttackResult, Lira, UnlearningAudit, _logit_confidence, audit_unlearning, lira,
                                 loss_attack, per_example_loss, roc_summary)
 from gsmu.mu.unlearn import fit_lbfgs
 
@@ -176,6 +176,21 @@ def test_lira_is_reproducible_from_its_seed(lira_setup):
     second = lira(target, _train, population, members, nonmembers, n_shadow=4, seed=3)
     assert first == second
     assert torch.equal(torch.get_rng_state(), state)  # the caller's torch RNG is left as it was
+
+
+def test_lira_fitted_once_scores_several_models_as_separate_runs(lira_setup):
+    target, population, members, nonmembers = lira_setup
+    calls = []
+
+    def counted(x, y):
+        calls.append(len(x))
+        return _train(x, y)
+    attack = Lira.fit(counted, population, members, nonmembers, n_shadow=4, seed=3)
+    never = _fit(population[0], population[1])  # trained without the candidates: no member signal of its own
+    assert len(calls) == 4  # the shadows are trained once, for every target scored below
+    for model in (target, never):
+        assert attack.attack(model) == lira(model, _train, population, members, nonmembers, n_shadow=4, seed=3)
+    assert attack.attack(target).auc > attack.attack(never).auc
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -234,49 +234,67 @@ def _gaussian_scores(phi: np.ndarray, keep: np.ndarray, target: np.ndarray) -> n
     return log_normal(target, mu_in, sd_in) - log_normal(target, mu_out, sd_out)
 
 
+@dataclass
+class Lira:
+    """Online LiRA (Carlini et al. 2022) with its shadow models trained once: `Lira.fit(...)` trains them and
+    keeps the candidates' logit-scaled confidences φ on each; `attack(model)` then scores any number of target
+    models on the same candidates (e.g. a model and its unlearned versions) at the cost of one forward pass."""
+    phi: np.ndarray        # n_shadow × candidates: φ of each candidate's label on each shadow model
+    keep: np.ndarray       # n_shadow × candidates: the candidate was IN that shadow's training data
+    candidates: Batch      # candidates_in followed by candidates_out
+    n_in: int
+    fprs: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, train_fn: Callable[[Tensor, Tensor], nn.Module], population: Batch, candidates_in: Batch,
+            candidates_out: Batch, *, n_shadow: int, seed: int, fprs: Sequence[float] = DEFAULT_FPRS) -> "Lira":
+        """Train `n_shadow` shadow models from `train_fn(x, y) -> model`, each on a random half of `population`
+        plus about half of the candidates (`candidates_in` — the rows the target models were trained on —
+        pooled with `candidates_out`). Randomness: the split comes from a numpy Generator seeded with `seed`,
+        and each `train_fn` call runs under torch's global RNG seeded from it (forked, so the caller's torch
+        RNG state is restored): the same seed gives the same numbers."""
+        population = _check_batch("population", population)
+        candidates_in = _check_batch("candidates_in", candidates_in)
+        candidates_out = _check_batch("candidates_out", candidates_out)
+        check_int("n_shadow", n_shadow, low=2)
+        check_int("seed", seed, low=0)
+        fprs = _check_fprs(fprs)
+        shape = tuple(population[0].shape[1:])
+        for name, (x, _) in (("candidates_in", candidates_in), ("candidates_out", candidates_out)):
+            if tuple(x.shape[1:]) != shape:
+                raise ValueError(f"{name} rows have shape {tuple(x.shape[1:])}; population rows have {shape}.")
+        if len(population[0]) < 2:
+            raise ValueError("population needs at least 2 rows: each shadow model trains on half of it.")
+
+        cand_x = torch.cat([candidates_in[0], candidates_out[0].to(candidates_in[0].dtype)])
+        cand_y = torch.cat([candidates_in[1], candidates_out[1].to(candidates_in[1].dtype)])
+        rng = np.random.default_rng(seed)
+        rows, keep = _shadow_design(n_shadow, len(population[0]), len(cand_x), rng)
+        shadow_seeds = rng.integers(0, 2**63 - 1, size=n_shadow)
+        phi = np.empty((n_shadow, len(cand_x)))
+        for k in range(n_shadow):
+            idx, take = torch.from_numpy(rows[k]), torch.from_numpy(np.flatnonzero(keep[k]))
+            x = torch.cat([population[0][idx], cand_x[take].to(population[0].dtype)])
+            y = torch.cat([population[1][idx], cand_y[take].to(population[1].dtype)])
+            with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+                torch.manual_seed(int(shadow_seeds[k]))
+                shadow = train_fn(x, y)
+            phi[k] = _logit_confidence(shadow, cand_x, cand_y)
+        return cls(phi, keep, (cand_x, cand_y), len(candidates_in[0]), fprs)
+
+    def attack(self, target_model: nn.Module) -> AttackResult:
+        """Score each candidate by the log-likelihood ratio of `target_model`'s φ under Gaussians fitted to
+        its IN and OUT values over the shadow models; members are `candidates_in`."""
+        scores = _gaussian_scores(self.phi, self.keep, _logit_confidence(target_model, *self.candidates))
+        return roc_summary(scores[:self.n_in], scores[self.n_in:], self.fprs)
+
+
 def lira(target_model: nn.Module, train_fn: Callable[[Tensor, Tensor], nn.Module], population: Batch,
          candidates_in: Batch, candidates_out: Batch, *, n_shadow: int, seed: int,
          fprs: Sequence[float] = DEFAULT_FPRS) -> AttackResult:
-    """Online LiRA (Carlini et al. 2022) with `n_shadow` shadow models from `train_fn(x, y) -> model`.
-
-    Each shadow model trains on a random half of `population` plus about half of the candidates
-    (`candidates_in` — the rows `target_model` was trained on — pooled with `candidates_out`). For each
-    candidate the logit-scaled confidence φ of its true label is split into IN and OUT values over the
-    shadow models, a Gaussian is fitted to each side, and the candidate is scored by the log-likelihood
-    ratio of the target model's φ. Randomness: the split comes from a numpy Generator seeded with `seed`,
-    and each `train_fn` call runs under torch's global RNG seeded from it (forked, so the caller's torch
-    RNG state is restored): the same seed gives the same numbers."""
-    population = _check_batch("population", population)
-    candidates_in = _check_batch("candidates_in", candidates_in)
-    candidates_out = _check_batch("candidates_out", candidates_out)
-    check_int("n_shadow", n_shadow, low=2)
-    check_int("seed", seed, low=0)
-    fprs = _check_fprs(fprs)
-    shape = tuple(population[0].shape[1:])
-    for name, (x, _) in (("candidates_in", candidates_in), ("candidates_out", candidates_out)):
-        if tuple(x.shape[1:]) != shape:
-            raise ValueError(f"{name} rows have shape {tuple(x.shape[1:])}; population rows have {shape}.")
-    if len(population[0]) < 2:
-        raise ValueError("population needs at least 2 rows: each shadow model trains on half of it.")
-
-    cand_x = torch.cat([candidates_in[0], candidates_out[0].to(candidates_in[0].dtype)])
-    cand_y = torch.cat([candidates_in[1], candidates_out[1].to(candidates_in[1].dtype)])
-    rng = np.random.default_rng(seed)
-    rows, keep = _shadow_design(n_shadow, len(population[0]), len(cand_x), rng)
-    shadow_seeds = rng.integers(0, 2**63 - 1, size=n_shadow)
-    phi = np.empty((n_shadow, len(cand_x)))
-    for k in range(n_shadow):
-        idx, take = torch.from_numpy(rows[k]), torch.from_numpy(np.flatnonzero(keep[k]))
-        x = torch.cat([population[0][idx], cand_x[take].to(population[0].dtype)])
-        y = torch.cat([population[1][idx], cand_y[take].to(population[1].dtype)])
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-            torch.manual_seed(int(shadow_seeds[k]))
-            shadow = train_fn(x, y)
-        phi[k] = _logit_confidence(shadow, cand_x, cand_y)
-
-    scores = _gaussian_scores(phi, keep, _logit_confidence(target_model, cand_x, cand_y))
-    n_in = len(candidates_in[0])
-    return roc_summary(scores[:n_in], scores[n_in:], fprs)
+    """Online LiRA on one target model: `Lira.fit(...).attack(target_model)` (see `Lira`)."""
+    return Lira.fit(train_fn, population, candidates_in, candidates_out, n_shadow=n_shadow, seed=seed,
+                    fprs=fprs).attack(target_model)
 
 
 # --------------------------------------------------------------------------------------------------------
