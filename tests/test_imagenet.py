@@ -195,6 +195,16 @@ def test_evaluation_compares_both_models_on_an_independent_auroc():
     assert ev.auroc["before"] == pytest.approx(roc_auc_score((labels[keep] == 77).numpy(), scores[keep].numpy()))
     assert ev.fv["after"].shape == (2, 3, 32, 32) and ev.ssim["before"].shape == (2,)
     assert 0 <= ev.jaccard <= 1 and set(ev.accuracy) == {"before", "after"}
+    with pytest.raises(ValueError, match="positive=999"):
+        imagenet.evaluate(original, other, x, labels, 77, 999, target, am, n_fvs=1, device="cpu")
+
+
+def test_open_clip_backbone_says_what_to_install_when_absent():
+    import importlib.util
+    if importlib.util.find_spec("open_clip") is not None:
+        pytest.skip("open_clip is installed here: the missing-package message cannot be shown")
+    with pytest.raises(ValueError, match="pip install open_clip_torch"):
+        imagenet.clip_model("open_clip:ViT-B-32:laion2b_s34b_b79k", [imagenet.RIFLE], device="cpu")
 
 
 def test_notebook_is_registered_with_three_seeds():

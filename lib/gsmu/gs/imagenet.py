@@ -2,7 +2,7 @@
 ResNet-50 whose output unit 77 ("wolf spider") is manipulated toward a dalmatian photo (α 0.64, γ 200, lr 1e-6,
 10 epochs, preservation on a 64-class ImageNet subset; AM: fourier, Adam+GC+TR, lr 0.01, 500 steps), and a
 CLIP vision backbone with a linear probe whose "rifle" unit is manipulated toward a penguin photo with the
-activation-form loss (the form the paper uses for vision transformers).
+activation-form loss (the form the paper uses for vision transformers; the paper's CLIP example, Sec. 6).
 
 Both need files this repository cannot ship: pretrained weights and ImageNet images. `check_inputs` looks for
 them — a path argument, else an environment setting (`ENV`), else torch.hub's checkpoint folder, else an
