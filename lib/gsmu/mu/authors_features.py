@@ -19,7 +19,6 @@ request's, with the number of requests that amortize it (`curvature.break_even`)
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
