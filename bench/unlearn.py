@@ -257,8 +257,9 @@ def solvers(p: dict, tol: float, lissa_iters: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10k MNIST images instead of 50k, fewer repeats")
-    parser.add_argument("--part", choices=["all", "retrain", "amortized", "solvers"], default="all",
-                        help="run one part only (update vs retraining, amortized curvature, solvers)")
+    parser.add_argument("--part", choices=["all", "retrain", "amortized", "drebin", "solvers"], default="all",
+                        help="run one part only (update vs retraining, amortized curvature, its Drebin half alone, "
+                             "solvers)")
     parser.add_argument("--pydvl-path", default=None, help="folder where pydvl was pip-installed with --target")
     args = parser.parse_args()
     if args.pydvl_path:
@@ -268,18 +269,19 @@ def main() -> None:
     torch.set_num_threads(1)
     repeat = 1 if args.quick else 3
     run = {part: args.part in ("all", part) for part in ("retrain", "amortized", "solvers")}
+    run["drebin"] = args.part in ("all", "amortized", "drebin")
     spam = spambase_problem()
     if run["retrain"]:
         update_vs_retrain(spam, repeat)
-    mnist = mnist_problem(10_000 if args.quick else 50_000)
+    mnist = mnist_problem(10_000 if args.quick else 50_000) if args.part != "drebin" else None
     if run["retrain"]:
         update_vs_retrain(mnist, repeat)
     if run["amortized"]:
         amortized(mnist, repeat, target=20)
         preconditioned(mnist, rank=50, tol=1e-5)
-        drebin = drebin_problem(features=10)
-        if drebin is not None:
-            amortized(drebin, repeat, target=10)
+    drebin = drebin_problem(features=10) if run["drebin"] else None
+    if drebin is not None:
+        amortized(drebin, repeat, target=10)
     if run["solvers"]:
         solvers(spam, tol=1e-6, lissa_iters=300)
         solvers(mnist, tol=1e-5, lissa_iters=100)
