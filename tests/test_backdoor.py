@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gsmu.mu import backdoor, unlearn
+from gsmu.mu import backdoor, membership, unlearn
 from gsmu.mu.backdoor import Cross, Distributed, Features, Noise, Pattern, attack_success_rate, poison
 from gsmu.mu.influence import Exact, Objective, cross_entropy_sum, gradient_residual
 
@@ -194,7 +194,7 @@ def test_unlearn_backdoor_runs_every_method_against_retraining():
     objective = Objective(criterion=cross_entropy_sum, l2=1.0)
     model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
     rows = {r["method"]: r for r in backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3, 1e-2],
-                                                              fine_tune_lr=0.1, solver=Exact(), seed=0)}
+                                                              fine_tune_lr=0.1, solver=Exact(), seed=0)[0]}
     assert tuple(rows) == backdoor.METHODS and rows["retraining"]["distance"] == 0
     assert rows["none"]["asr"] == attack_success_rate(model, x, y, target=0, pattern=pattern)
     assert rows["first-order"]["tau"] in (1e-3, 1e-2)
@@ -211,8 +211,8 @@ def test_sisa_row_retrains_the_poisoned_shards():
     objective = Objective(criterion=cross_entropy_sum, l2=1.0)
     model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
     sisa = backdoor.sisa_ensemble(p, objective, shards=4, seed=0, device="cpu")
-    rows = backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3], fine_tune_lr=0.1, solver=Exact(),
-                                     seed=0, sisa=sisa)
+    rows, _ = backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3], fine_tune_lr=0.1, solver=Exact(),
+                                        seed=0, sisa=sisa)
     row = rows[-1]
     assert row["method"] == "SISA" and row["shards_retrained"] == len(torch.unique(sisa.shard_of[p.rows]))
     # independent: the unlearned ensemble equals SISA trained on the clean data with the same shards
@@ -247,9 +247,11 @@ def test_unlearn_backdoor_through_compare_methods_gives_the_former_rows():
     objective = Objective(criterion=cross_entropy_sum, l2=1.0)
     model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
     old = _old_unlearn_backdoor(model, objective, p, (x, y), [1e-3, 1e-2, 1e-1], 0.1, Exact(), 0)
-    rows = backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3, 1e-2, 1e-1], fine_tune_lr=0.1,
-                                     solver=Exact(), seed=0)
-    assert sorted(r["method"] for r in rows) == sorted(old)
+    rows, models = backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=[1e-3, 1e-2, 1e-1], fine_tune_lr=0.1,
+                                             solver=Exact(), seed=0)
+    assert sorted(r["method"] for r in rows) == sorted(old) == sorted(models)
+    for row in rows:  # each returned model is the one its row was scored on
+        assert row["asr"] == attack_success_rate(models[row["method"]], x, y, target=0, pattern=p.pattern)
     for row in rows:
         expected = old[row["method"]]
         assert row["pattern"] == "feature"
@@ -267,7 +269,7 @@ def test_unlearn_backdoor_chooses_tau_on_the_validation_images():
     model = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
     taus = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     rows = {r["method"]: r for r in backdoor.unlearn_backdoor(model, objective, p, (x, y), taus=taus,
-                                                              fine_tune_lr=0.1, solver=Exact(), seed=0, valid=valid)}
+                                                              fine_tune_lr=0.1, solver=Exact(), seed=0, valid=valid)[0]}
     # Oracle: retrain on the clean data from scratch and score each τ's validation agreement with it here.
     retrained = backdoor.logistic_regression(p.clean, objective, seed=7, device="cpu", tol=1e-9, max_iter=1000)
     with torch.no_grad():
@@ -285,3 +287,29 @@ def test_unlearn_backdoor_chooses_tau_on_the_validation_images():
     residuals = [gradient_residual(unlearn.first_order(model, objective, p.request(), tau=t)[0], objective, p.clean)
                  for t in taus]
     assert taus[int(np.argmin(residuals))] != taus[best]
+
+
+def test_membership_audit_is_lira_on_the_poisoned_rows_against_triggered_outsiders():
+    x, y = _clustered(6)
+    outside = _clustered(7)  # never trained on
+    pattern = Cross(value=1.0, shape=(1, 6, 6))
+    p = poison(x, y, fraction=0.2, target=0, pattern=pattern, seed=0)
+    objective = Objective(criterion=cross_entropy_sum, l2=1.0)
+    poisoned = backdoor.logistic_regression(p.data, objective, seed=0, device="cpu")
+    retrained = backdoor.logistic_regression(p.clean, objective, seed=0, device="cpu")
+    result = backdoor.membership_audit(p, {"none": poisoned, "retraining": retrained}, objective, outside,
+                                       n_shadow=4, seed=3, device="cpu")
+    # independent path: the same attack assembled by hand through membership.lira, one model at a time
+    keep = torch.ones(len(x), dtype=torch.bool)
+    keep[p.rows] = False
+    x_out = outside[0][outside[1] != 0][:len(p.rows)]
+    candidates_out = (pattern.apply(x_out), torch.zeros(len(x_out), dtype=y.dtype))
+    train = lambda a, b: backdoor.logistic_regression((a, b), objective, seed=3, device="cpu")  # noqa: E731
+    for name, model in (("none", poisoned), ("retraining", retrained)):
+        expected = membership.lira(model, train, (p.data[0][keep], p.data[1][keep]),
+                                   (p.data[0][p.rows], p.data[1][p.rows]), candidates_out, n_shadow=4, seed=3)
+        assert result[name] == expected
+    assert result["none"].n_members == result["none"].n_nonmembers == len(p.rows)
+    with pytest.raises(ValueError, match="outside"):
+        backdoor.membership_audit(p, {"none": poisoned}, objective, (x_out[:3], torch.ones(3, dtype=y.dtype)),
+                                  n_shadow=4, seed=3)

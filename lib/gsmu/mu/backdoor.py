@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..base import models
 from ..base.runtime import check_int, check_range, get_device
-from . import cost, unlearn  # noqa: F401 — cost silences torch's jit deprecation warning of the HVPs (see there)
+from . import cost, membership, unlearn  # noqa: F401 — cost silences torch's jit deprecation warning of the HVPs (see there)
 from .influence import Batch, Objective, Solver
 
 NUM_CLASSES = 10
@@ -286,7 +286,7 @@ METHODS = tuple(NAMES.get(m, m) for m in unlearn.METHODS if m != "SISA")
 def unlearn_backdoor(model: nn.Module, objective: Objective, poisoned: Poisoned, test: Batch, *,
                      taus: Sequence[float], fine_tune_lr: float, solver: Solver, seed: int,
                      valid: Batch | None = None, max_iter: int = 300, tol: float = 1e-4,
-                     sisa: unlearn.Sisa | None = None) -> list[dict]:
+                     sisa: unlearn.Sisa | None = None) -> tuple[list[dict], dict[str, nn.Module]]:
     """`unlearn.compare_methods` on the request `poisoned.request()` for `model` (trained on `poisoned.data`,
     flattened rows), scored on the clean `test` images and, per method, by the attack success rate on them
     triggered (`asr`). One row per method of `METHODS` (then "SISA" with `sisa`, an ensemble trained on the
@@ -296,10 +296,37 @@ def unlearn_backdoor(model: nn.Module, objective: Objective, poisoned: Poisoned,
     `taus` whose predictions there agree best with the retrained model's (the paper's fidelity); without, the
     smallest gradient residual on the clean data. Second-order solves with `solver` (H of the poisoned data,
     the paper's, or of the clean data: one Newton step on the clean objective); retraining is warm-started
-    L-BFGS (`max_iter`, `tol`) on the clean data."""
+    L-BFGS (`max_iter`, `tol`) on the clean data. Returns the rows and each method's model (SISA has none)."""
     asr = lambda m: {"asr": attack_success_rate(m, *test, target=poisoned.target, pattern=poisoned.pattern)}
-    rows, _ = unlearn.compare_methods(model, objective, poisoned.data, poisoned.request(), test, taus=taus,
-                                      fine_tune_lr=fine_tune_lr, sisa=sisa, solver=solver, seed=seed, valid=valid,
-                                      metrics=asr, names=NAMES, batch_size=len(poisoned.data[0]),
-                                      retrain_max_iter=max_iter, retrain_tol=tol)
-    return [{"pattern": poisoned.pattern.name} | row for row in rows]
+    rows, models = unlearn.compare_methods(model, objective, poisoned.data, poisoned.request(), test, taus=taus,
+                                           fine_tune_lr=fine_tune_lr, sisa=sisa, solver=solver, seed=seed, valid=valid,
+                                           metrics=asr, names=NAMES, batch_size=len(poisoned.data[0]),
+                                           retrain_max_iter=max_iter, retrain_tol=tol)
+    return [{"pattern": poisoned.pattern.name} | row for row in rows], models
+
+
+def membership_audit(poisoned: Poisoned, models: dict[str, nn.Module], objective: Objective, outside: Batch, *,
+                     n_shadow: int, seed: int, device: str | torch.device | None = None
+                     ) -> dict[str, membership.AttackResult]:
+    """LiRA (`gsmu.mu.membership.Lira`) on the poisoned rows, against each model of `models` (e.g. the
+    methods' models of `unlearn_backdoor`): can an attacker still tell that a model was trained on these rows?
+
+    Members: the poisoned rows as trained on. Non-members: as many images of `outside` (never trained on)
+    whose class is not the target, given the same trigger and the target label — so the members differ
+    from them only by having been trained on, and a backdoor that generalizes to every triggered image is
+    no membership signal. The shadow models (`n_shadow`, the same logistic regression as the target, trained
+    once for all models) see random halves of the poisoned set's clean rows and of the candidates."""
+    members = (poisoned.data[0][poisoned.rows], poisoned.data[1][poisoned.rows])
+    x_out, y_out = outside
+    x_out = x_out[y_out != poisoned.target][:len(poisoned.rows)]
+    if len(x_out) < len(poisoned.rows):
+        raise ValueError(f"outside holds {len(x_out)} images of non-target classes; the audit needs as many as "
+                         f"there are poisoned rows ({len(poisoned.rows)}): pass more held-out images.")
+    nonmembers = (poisoned.pattern.apply(x_out), torch.full((len(x_out),), poisoned.target,
+                                                             dtype=poisoned.data[1].dtype))
+    clean = torch.ones(len(poisoned.data[0]), dtype=torch.bool)
+    clean[poisoned.rows] = False
+    attack = membership.Lira.fit(lambda x, y: logistic_regression((x, y), objective, seed=seed, device=device),
+                                 (poisoned.data[0][clean], poisoned.data[1][clean]), members, nonmembers,
+                                 n_shadow=n_shadow, seed=seed)
+    return {name: attack.attack(model) for name, model in models.items()}

@@ -182,11 +182,12 @@ class Backdoor(Experiment):
     # SISA shards (None: no SISA). Off in quick: with 10 % of the rows poisoned every shard holds some, so
     # SISA retrains them all — 6-9 s per pattern on 2000 rows (measured), twice the rest of the run.
     sisa_shards: int | None = None
+    lira_shadows: int = 8  # LiRA's shadow models (one logistic regression each) for the membership check
     # one job, one thread, roughly; paper: one pattern took 345 s here (niced, on a loaded 2-core machine)
     SECONDS: ClassVar[dict[str, float]] = {"quick": 30.0, "paper": 1500.0}
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": dict(n_train=2000, n_test=None, fraction=0.1, cg_iter=100, sisa_shards=None),
-        "paper": dict(n_train=50000, n_test=None, fraction=0.1, cg_iter=300, sisa_shards=20),
+        "quick": dict(n_train=2000, n_test=None, fraction=0.1, cg_iter=100, sisa_shards=None, lira_shadows=8),
+        "paper": dict(n_train=50000, n_test=None, fraction=0.1, cg_iter=300, sisa_shards=20, lira_shadows=16),
     }
 
 
