@@ -198,10 +198,12 @@ def test_bad_inputs_raise_value_errors_naming_the_parameter():
         KfacSolver(kfac, damping=-0.1)
     with pytest.raises(ValueError, match="damping"):
         kfac.preconditioner(-1.0)
-    with pytest.raises(ValueError, match="right-hand side has shape"):
+    with pytest.raises(ValueError, match=r"b \(the right-hand side\) has shape"):
         kfac.solve(torch.ones(kfac.dim + 1, dtype=F64), 0.1)
-    with pytest.raises(ValueError, match="over 39 parameters"):
+    with pytest.raises(ValueError, match=r"r \(the residual\) has shape \(7,\); this K-FAC is over 39"):
         kfac.preconditioner(0.1)(torch.ones(7, dtype=F64))
+    with pytest.raises(ValueError, match="v has shape"):
+        kfac.matvec(torch.ones(3, dtype=F64))
     with pytest.raises(ValueError, match="data\\[0\\] must be the head's inputs"):
         Kfac.build(model, Objective(), (x[:, :4], y))
     with pytest.raises(ValueError, match="objective must be"):

@@ -276,13 +276,13 @@ class Kfac:
 
     def matvec(self, v: Tensor, damping: float = 0.0) -> Tensor:
         """(K + (damping + l2)·I) v."""
-        self._check_vector(v, "the vector")
+        self._check_vector(v, "v")
         _check_damping(damping)
         return self._apply(v, damping, inverse=False)
 
     def solve(self, b: Tensor, damping: float = 0.0) -> Tensor:
         """(K + (damping + l2)·I)⁻¹ b: per layer two rotations into the Kronecker eigenbasis and back."""
-        self._check_vector(b, "the right-hand side")
+        self._check_vector(b, "b (the right-hand side)")
         return self._apply(b, damping, inverse=True)
 
     def matrix(self, damping: float = 0.0) -> Tensor:
@@ -325,8 +325,9 @@ class KfacPreconditioner:
         self.calls = 0
 
     def __call__(self, r: Tensor) -> Tensor:
+        self.kfac._check_vector(r, "r (the residual)")
         self.calls += 1
-        return self.kfac.solve(r, self.damping)
+        return self.kfac._apply(r, self.damping, inverse=True)
 
 
 @dataclass(frozen=True)
