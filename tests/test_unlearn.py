@@ -246,12 +246,18 @@ def test_example_losses_are_per_row_objectives(logreg):
     torch.testing.assert_close(example_losses(model, objective, x[:5], y[:5]), expected)
 
 
-def test_compare_methods_rows(logreg):
+def _feature_removal_with_sisa(logreg):
+    """The `logreg` fixture, a request removing feature 0 from 8 rows, the test data without it and a
+    4-shard SISA ensemble of the same model."""
     model, objective, x, y = logreg
     request = remove_features(x, y, [0], rows=list(range(8)))
-    test = (zero_features(x, [0]), y)
     sisa = Sisa(lambda: nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double(),
                 lambda m, d: fit_lbfgs(m, objective, d), (x, y), shards=4)
+    return model, objective, x, y, request, (zero_features(x, [0]), y), sisa
+
+
+def test_compare_methods_rows(logreg):
+    model, objective, x, y, request, test, sisa = _feature_removal_with_sisa(logreg)
     rows, fitted = compare_methods(model, objective, (x, y), request, test, taus=[1e-3, 1e-2],
                                    fine_tune_lr=0.1, sisa=sisa)
     table = {r["method"]: r for r in rows}
@@ -601,17 +607,23 @@ def _logreg_data(seed, n, l2):
     return x, y
 
 
-def test_validation_fidelity_chooses_a_tau_that_lands_closer_than_no_update():
-    # Strong L2 (100 on 200 rows): H is close to a multiple of I, so some τ along −G lands well.
+def _strong_l2_case():
+    """Logistic regression with strong L2 (100 on 200 rows) and 20 flipped labels: H is close to a multiple of I,
+    so some τ along −G lands well and a τ choice is not "a τ that does nothing". Returns the training data,
+    300 validation rows, the objective, the fitted model, the request and the τ grid."""
     (x, y), valid = _logreg_data(3, 200, 100.0), _logreg_data(4, 300, 100.0)
     objective = Objective(criterion=binary_cross_entropy_sum, l2=100.0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double()
     fit_lbfgs(model, objective, (x, y))
     request = fix_labels(x, y, 1 - y, rows=list(range(0, 40, 2)), num_classes=2)
+    return (x, y), valid, objective, model, request, [1e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+
+
+def test_validation_fidelity_chooses_a_tau_that_lands_closer_than_no_update():
+    (x, y), valid, objective, model, request, taus = _strong_l2_case()
     corrected = apply_request((x, y), request)
     target, _ = retrain(model, objective, corrected)
-    taus = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     new, record = best_first_order(model, objective, request, corrected, taus, valid=valid, reference=target)
     # Oracle: the same choice from agreement and probability gap computed here from the logits.
     with torch.no_grad():
@@ -710,11 +722,7 @@ def test_tau_choice_and_landing_raise_clear_errors(logreg):
 
 
 def test_compare_methods_hook_receives_every_methods_model(logreg):
-    model, objective, x, y = logreg
-    request = remove_features(x, y, [0], rows=list(range(8)))
-    test = (zero_features(x, [0]), y)
-    sisa = Sisa(lambda: nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double(),
-                lambda m, d: fit_lbfgs(m, objective, d), (x, y), shards=4)
+    model, objective, x, y, request, test, sisa = _feature_removal_with_sisa(logreg)
     seen = []
 
     def hook(m):
@@ -762,14 +770,7 @@ def test_compare_methods_takes_one_solver_per_hessian(logreg):
 
 
 def test_compare_methods_chooses_tau_by_validation_agreement_with_exact_retraining():
-    # Strong L2 (100 on 200 rows): some τ along −G lands well, so the choice is not "a τ that does nothing".
-    (x, y), valid = _logreg_data(3, 200, 100.0), _logreg_data(4, 300, 100.0)
-    objective = Objective(criterion=binary_cross_entropy_sum, l2=100.0)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).double()
-    fit_lbfgs(model, objective, (x, y))
-    request = fix_labels(x, y, 1 - y, rows=list(range(0, 40, 2)), num_classes=2)
-    taus = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+    (x, y), valid, objective, model, request, taus = _strong_l2_case()
     rows, fitted = compare_methods(model, objective, (x, y), request, valid, taus=taus, fine_tune_lr=0.1,
                                    valid=valid)
     table = {r["method"]: r for r in rows}
