@@ -4,7 +4,7 @@ preconditioner.
 *Machine Unlearning of Features and Labels* (Warnecke et al., NDSS 2023), Section 4, updates θ* − (H + d·I)⁻¹G
 with the same H for every request on one trained model. For a CNN the update is run on the dense head
 (`poison._head_modules`) over the features the frozen body computes once; its H is too large to factorize
-densely in general (fc1..out of the MNIST CNN: 166k parameters), so this module approximates the Gauss-Newton
+densely in general (fc1..out of the MNIST CNN: 173k parameters), so this module approximates the Gauss-Newton
 matrix (= the true Fisher for softmax cross-entropy) of a head of `nn.Linear` layers joined by elementwise
 activations by K-FAC (Martens & Grosse, "Optimizing neural networks with Kronecker-factored approximate
 curvature", ICML 2015): block-diagonal over layers, each block `(1/n) G ⊗ A` with `A = Σᵢ ãᵢãᵢᵀ` (the layer's
@@ -17,6 +17,12 @@ Kronecker eigenbasis). `KfacSolver` applies the block-diagonal inverse directly 
 an approximation of H⁻¹G); `Kfac.preconditioner(damping)` is r ↦ M⁻¹r for `CG(preconditioner=...)`, which
 keeps CG's solve of the true H. One-off and per-request costs (seconds, multiply-accumulates) are kept apart
 in a `FactorizationCost` and `solve_macs`; `curvature.break_even` counts the requests that amortize it.
+K-FAC is only as good as its two approximations (no cross-layer blocks, independent factors per block): on
+notebook 07's MNIST head (`bench/kfac_head.py`) the Gauss-Newton matrix is a few dozen large eigenvalues that
+couple fc3 and out, so even its exact per-layer blocks precondition CG no better than none and, as a direct
+solve, restore less of the poisoning gap than CG; K-FAC's Kronecker factors then misplace the curvature
+within each block enough that the direct step overshoots (it undoes less than nothing) and K-FAC PCG takes
+more iterations than plain CG — there the low-rank `Nystrom` preconditioner is the one that fits.
 
 Why not `kronfluence`: it computes pairwise influence scores (query gradient × preconditioned training
 gradient) through its own analysis and storage pipeline; the unlearning update needs (K + d·I)⁻¹ applied to
