@@ -1,10 +1,10 @@
 """Benchmark (run on demand): K-FAC for the CNN head's second-order update — an amortized direct solver and a CG
 preconditioner — against plain CG and Nyström-preconditioned CG. `python bench/kfac_head.py [--tol 1e-4]
-[--damping 1000] [--rank 50] [--repeats 3]`.
+[--damping 1000] [--rank 50] [--repeats 3] [--head fc3|fc1] [--block-diagonal]`.
 
 The request is notebook 07's label repair (MU paper §6.3): the MNIST CNN on the first 6000 training images,
 40 % of each class flipped s → 9 − s, the quick profile's recipe, the update θ* − (H + d·I)⁻¹G over the
-head (fc3 → ReLU → out, 10,999 parameters) with the Gauss-Newton H on a fixed subsample of `--hessian-rows`
+head (fc3 → ReLU → out, 11,014 parameters; `--head fc1`: fc1 → … → out, 173,182) with the Gauss-Newton H on a fixed subsample of `--hessian-rows`
 rows (the notebook's settings). Solvers, all with the same damping d:
   (i) plain CG, (ii) CG preconditioned by K-FAC (`gsmu.mu.kfac`, built once on all rows' head inputs),
   (iii) the K-FAC direct solve (no HVP; one product with H to measure its residual), (iv) CG preconditioned
@@ -15,18 +15,22 @@ is handed), per-request seconds (median of `--repeats`; the head's inputs comput
 every request on one model), per-request full-model pass equivalents (`gsmu.mu.cost`: request gradients and
 HVPs over the head's MAC share, plus the solvers' own multiply-accumulates), the one-off cost of each
 preconditioner/factorization (seconds and passes), the requests that amortize it against plain CG
-(`curvature.break_even`), and "% restored" of the poisoning gap (`poison.run_method`) with the measured
+(`curvature.break_even`), and "% restored" of the poisoning gap (`Scenario.restored`) with the measured
 residual of each solution on that H — so the quality of the direct K-FAC solve is visible beside its cost.
-Targets printed beside: PCG needs fewer iterations than plain CG; a finite break-even count.
+`--block-diagonal` adds CG preconditioned by, and a direct solve with, the exact per-layer blocks of H (the
+best a block-diagonal approximation such as K-FAC can do; forms the dense H, minutes). Targets printed beside: PCG needs fewer iterations than plain CG; a finite break-even count.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 import warnings
+from collections import OrderedDict
 
 import torch
+from torch import nn
 
 from gsmu.mu import cost, poison, unlearn
 from gsmu.mu.curvature import Nystrom, break_even
@@ -51,6 +55,24 @@ class _Apply(Solver):
         return x, SolveStats(self.name, 1, residual, True, False, 1, time.perf_counter() - start, self.damping)
 
 
+def _score(sc: poison.Scenario, new_head: nn.Module) -> dict:
+    """Test and validation accuracy and % restored (`Scenario.restored`) of the CNN with `new_head`'s
+    parameters — what `poison.run_method` reports, for any head (run_method knows fc3..out only)."""
+    model = copy.deepcopy(sc.poisoned)
+    unexpected = model.load_state_dict(new_head.state_dict(), strict=False).unexpected_keys
+    assert not unexpected, unexpected
+    acc = unlearn.accuracy(model, *sc.test)
+    return {"accuracy": acc, "val_accuracy": unlearn.accuracy(model, *sc.val), "restored": sc.restored(acc)}
+
+
+def _head(cnn: nn.Module, first: str) -> nn.Sequential:
+    """fc3 → ReLU → out (notebook 07's "head", `poison._head_modules`) or fc1 → … → out (all dense layers)."""
+    if first == "fc3":
+        return poison._head_modules(cnn, "head")
+    return nn.Sequential(OrderedDict([("fc1", cnn.fc1), ("relu1", nn.ReLU()), ("fc2", cnn.fc2), ("relu2", nn.ReLU()),
+                                      ("fc3", cnn.fc3), ("relu3", nn.ReLU()), ("out", cnn.out)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--damping", type=float, default=1e3, help="notebook 07's choice on validation data")
@@ -63,6 +85,8 @@ def main() -> None:
     parser.add_argument("--sweep", type=float, nargs="+", default=[1.0, 10.0, 100.0],
                         help="multiples of --damping tried as the preconditioner's own damping μ (PCG) and as "
                              "the direct K-FAC solve's damping (chosen on validation data, as notebook 07 does)")
+    parser.add_argument("--head", choices=["fc3", "fc1"], default="fc3",
+                        help="first dense layer of the head updated: fc3 (notebook 07) or fc1 (all four)")
     parser.add_argument("--block-diagonal", action="store_true",
                         help="also form the dense H (one HVP per parameter, minutes) and run CG preconditioned by "
                              "its EXACT per-layer diagonal blocks — the best any block-diagonal (K-FAC-like) "
@@ -76,15 +100,14 @@ def main() -> None:
     recipe = LabelPoisoning.for_profile("quick").recipe
     sc = poison.make_scenario("mnist", 0.4, n_train=6000, recipe=recipe, seed=args.seed)  # cached CNNs
     objective, d = poison.objective(), args.damping
-    head = poison._head_modules(sc.poisoned, "head")
+    head = _head(sc.poisoned, args.head)
     start = time.perf_counter()
     feats = poison.head_inputs(sc.poisoned, head, sc.x)
     body_seconds = time.perf_counter() - start
-    sc.head_cache["head"] = feats  # run_method then reuses them, as every request on this model would
     space = ParamSpace(head)
     data = (feats, sc.y_poisoned)
     request = unlearn.fix_labels(feats, sc.y_poisoned, sc.y_clean, sc.rows, num_classes=poison.NUM_CLASSES)
-    share = poison.subset_share(sc.poisoned, "head", sc.x)
+    share = cost.mac_share(sc.poisoned, sc.x[:1], [n for n, m in head.named_children() if isinstance(m, nn.Linear)])
     pass_macs = sum(cost.layer_macs(sc.poisoned, sc.x[:1]).values()) / cost.FORWARD  # one full fwd + bwd
     settings = unlearn.SecondOrder(curvature="gauss-newton", hessian_rows=args.hessian_rows, seed=args.seed)
     # The H every solve is handed: the same fixed subsample second_order draws (same seed, same generator use).
@@ -120,7 +143,7 @@ def main() -> None:
         "K-FAC direct": (KfacSolver(kfac, d), "kfac", kfac.solve_macs),
         "EK-FAC direct": (KfacSolver(ekfac, d), "ekfac", ekfac.solve_macs),
     }
-    print(f"MNIST CNN head (fc3 → ReLU → out, {space.dim} parameters), {len(sc.x)} images, {len(sc.rows)} flipped "
+    print(f"MNIST CNN head ({' → '.join(n for n, _ in head.named_children())}, {space.dim} parameters), {len(sc.x)} images, {len(sc.rows)} flipped "
           f"labels; Gauss-Newton H on {args.hessian_rows} rows, damping {d:g}, CG tolerance {args.tol:g}; one thread")
     print(f"clean {100 * sc.clean_acc:.2f} %, poisoned {100 * sc.poisoned_acc:.2f} %; the head's inputs (one body "
           f"forward of every image, common to all solvers, once per model): {body_seconds:.2f} s, "
@@ -141,8 +164,7 @@ def main() -> None:
         delta = space.flat(head) - space.flat(new)
         passes = (cost.passes(gradients=request.grad_evals, hvps=result.hvp_evals, share=share)
                   + applies * macs_per_apply / pass_macs)
-        _, row = poison.run_method(sc, "second-order", subset="head", label=name, solver=solver,
-                                   curvature="gauss-newton", hessian_rows=args.hessian_rows, seed=args.seed)
+        row = _score(sc, new)
         rows[name] = dict(iterations=stats.iterations, converged=stats.converged, hvps=stats.hvps,
                           seconds=seconds, passes=passes, residual=stats.residual, restored=row["restored"],
                           accuracy=row["accuracy"], delta=delta, pre=pre)
@@ -169,9 +191,11 @@ def main() -> None:
         print(f"{label} PCG iterations by the preconditioner's damping μ (CG's stays {d:g}; plain CG "
               f"{reference['iterations']}): " + ", ".join(f"μ={mu:g}: {it}" for mu, it in its.items()))
     for label, fac in (("K-FAC", kfac), ("EK-FAC", ekfac)):
-        sweep = [poison.run_method(sc, "second-order", subset="head", solver=KfacSolver(fac, f * d),
-                                   curvature="gauss-newton", hessian_rows=args.hessian_rows, seed=args.seed)[1]
-                 | {"damping": f * d} for f in args.sweep]
+        sweep = []
+        for f in args.sweep:
+            new, result = unlearn.second_order(head, objective, request, data, solver=KfacSolver(fac, f * d),
+                                               settings=settings, batch_size=len(feats))
+            sweep.append(_score(sc, new) | {"damping": f * d, "solver_residual": result.solves[0].residual})
         best = max(sweep, key=lambda r: r["val_accuracy"])  # chosen without the test set
         print(f"{label} direct, % restored by damping: " + ", ".join(
             f"{r['damping']:g}: {r['restored']:.1f} (residual {r['solver_residual']:.1e})" for r in sweep)
@@ -193,8 +217,9 @@ def main() -> None:
         exact = CG(damping=d, tol=args.tol, max_iter=args.max_iter, preconditioner=blocks).solve(h, b)[1]
         block_err = {layer.name: float((layer.block() - dense[p][:, p]).norm() / dense[p][:, p].norm())
                      for layer in kfac.layers for p in [layer.positions.reshape(-1)]}
-        _, row = poison.run_method(sc, "second-order", subset="head", solver=_Apply(blocks, d),
-                                   curvature="gauss-newton", hessian_rows=args.hessian_rows, seed=args.seed)
+        new, result = unlearn.second_order(head, objective, request, data, solver=_Apply(blocks, d),
+                                           settings=settings, batch_size=len(feats))
+        row = _score(sc, new) | {"solver_residual": result.solves[0].residual}
         print(f"exact block-diagonal PCG (the per-layer blocks of H itself; {time.perf_counter() - start:.0f} s to "
               f"form and factorize): {exact.iterations} iterations vs plain CG {reference['iterations']}; as a direct "
               f"solve: % restored {row['restored']:.1f}, residual {row['solver_residual']:.1e} (K-FAC direct: "

@@ -143,7 +143,9 @@ class Kfac:
         inputs are `data[0]`: e.g. `poison.head_inputs`) at its current parameters. `fisher="exact"`: the
         expectation over the C classes of the predictive distribution (C backward passes of the head per
         row — cheap for 10 classes); `"sampled"`: `samples` labels per row drawn with `seed` (the usual
-        K-FAC estimate). `data[1]` (the training labels) is not used: the true Fisher needs none."""
+        K-FAC estimate). `data[1]` (the training labels) is not used: the true Fisher needs none. `device`: where
+        the head's forward and backward passes run (default: the head's own device, where it must live); the
+        factors are accumulated and kept on the CPU in float64."""
         check_choice("fisher", fisher, FISHERS)
         check_choice("eigenvalues", eigenvalues, EIGENVALUES)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
