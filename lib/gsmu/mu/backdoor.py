@@ -240,7 +240,7 @@ def attack_success_rate(model: nn.Module | Classifier, x: Tensor, y: Tensor, *, 
     if not keep.any():
         raise ValueError(f"every label of y is the target {target}: no image to attack.")
     triggered = pattern.apply(x[keep])
-    predicted = model.predict(triggered) if not isinstance(model, nn.Module) else unlearn.predict(model, triggered)
+    predicted = unlearn.predictions(model, triggered)
     return float((predicted.cpu() == target).double().mean())
 
 
