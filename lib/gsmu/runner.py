@@ -230,6 +230,11 @@ def run_job(spec: dict) -> dict:
     staging.mkdir(parents=True)
     env = {**os.environ, "REPRO_RESULTS": str(staging), "REPRO_NOTEBOOK": book.stem, "TQDM_DISABLE": "1",
            "OMP_NUM_THREADS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1", **spec.get("env", {})}
+    # Dask's nanny exports MALLOC_TRIM_THRESHOLD_ to its workers (distributed.nanny.pre-spawn-environ) for its own
+    # memory reporting. Inherited by the kernel, it switches off glibc's dynamic mmap threshold, so every large
+    # tensor is mmapped and page-faulted afresh: on the 2-core CPU a CNN step ran 1.5x and notebook 00's training
+    # 1.9x slower (56 s vs 29 s). The kernel is a process of its own; the worker keeps the setting.
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
     # IPC transport (unix sockets in a private folder): no network ports, and no "running over TCP without
     # encryption" warning from the kernel.
     sockets = tempfile.mkdtemp(prefix="gsmu-k")
