@@ -130,6 +130,33 @@ def test_model_shapes_and_names():
         models.vgg("Z")
 
 
+def test_mnist_cnn_relu_after_pool_is_bitwise_the_usual_order():
+    """The forward pools before its ReLUs (cheaper); an independent conv -> ReLU -> pool forward must give
+    bitwise the same outputs, parameter gradients and Hessian-vector products (the slingshot's and the
+    influence updates' double backward)."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    cnn = models.MnistCNN()
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+
+    def usual(m, x):  # the same channels-last layout (it decides conv2's kernel, hence the last bits)
+        cl = torch.channels_last
+        h = F.max_pool2d(F.relu(m.conv1(m.normalize(x))).contiguous(memory_format=cl), 2)
+        h = F.max_pool2d(F.relu(m.conv2(h)).contiguous(memory_format=cl), 2).flatten(1)
+        return m.out(F.relu(m.fc3(F.relu(m.fc2(F.relu(m.fc1(h)))))))
+
+    params = list(cnn.parameters())
+    v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) for p in params]
+    results = []
+    for forward in (cnn, lambda x: usual(cnn, x)):
+        out = forward(x)
+        g = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), params, create_graph=True)
+        hv = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), params)
+        results.append([out, *g, *hv])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert results[0][0].abs().sum() > 0 and results[0][-1].abs().sum() > 0  # not trivially zero
+
+
 def test_normalize_matches_manual():
     x = torch.rand(2, 1, 28, 28)
     assert torch.allclose(models.MnistCNN().normalize(x), (x - 0.1307) / 0.3081)

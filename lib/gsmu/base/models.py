@@ -56,9 +56,11 @@ class MnistCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Pooling in channels-last layout: the CPU max-pool kernel is ~6x faster there, which makes the
-        # slingshot's double backward ~20 % cheaper (bench/slingshot.py); the values are the same.
-        x = F.max_pool2d(F.relu(self.conv1(self.normalize(x))).contiguous(memory_format=torch.channels_last), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)).contiguous(memory_format=torch.channels_last), 2).flatten(1)
+        # slingshot's double backward ~20 % cheaper (bench/slingshot.py); the values are the same. ReLU after the
+        # pool: the two commute exactly (ReLU is monotone), so outputs, gradients and HVPs are bitwise those of
+        # conv -> ReLU -> pool (tested), on a quarter of the elements: a training step ~15 % faster here.
+        x = F.relu(F.max_pool2d(self.conv1(self.normalize(x)).contiguous(memory_format=torch.channels_last), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x).contiguous(memory_format=torch.channels_last), 2)).flatten(1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         x = F.relu(self.fc3(x))
