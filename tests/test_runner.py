@@ -293,6 +293,24 @@ def test_parse_grid():
         {"seed": [0, 1, 2], "alpha": [0.5], "fail": [True, False], "name": ["vgg", None]}
 
 
+def test_grid_override_reaches_other_notebooks_only_for_their_parameters(tmp_path, capsys):
+    """`--only 02_b --grid extra=7`: the summary lists 02_b's jobs with extra=7 and 00_a (which has no `extra`)
+    with its own grid, not with a parameter it would reject."""
+    nb = json.loads(BOOK.read_text())
+    shutil.copy(BOOK, tmp_path / "00_a.ipynb")
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    cell["source"] = "".join(cell["source"]) + "\nextra: int = 0  # a parameter only this notebook declares\n"
+    (tmp_path / "02_b.ipynb").write_text(json.dumps(nb))
+    base = runner.declared_parameters(tmp_path / "00_a.ipynb")
+    assert {"profile", "seed", "fail"} <= base and runner.declared_parameters(tmp_path / "02_b.ipynb") == base | {"extra"}
+    runner.main(["--notebooks", str(tmp_path), "--only", "02_b", "--grid", "extra=7", "--summary-only",
+                 "--results", str(tmp_path / "r")])
+    capsys.readouterr()
+    jobs = summary(tmp_path / "r")["jobs"]
+    assert sorted((j["notebook"], j["parameters"].get("extra")) for j in jobs) == \
+        [("00_a", None)] * 3 + [("02_b", 7)] * 3
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--only", ""], "--only '' is empty"),
     (["--only", "no_such_notebook"], "no notebook in"),

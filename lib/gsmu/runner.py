@@ -102,6 +102,16 @@ def notebook_digest(book: Path) -> str:
     return h.hexdigest()
 
 
+def declared_parameters(book: Path) -> set[str]:
+    """Names of the annotated assignments in a notebook's `parameters` cell (`alpha: float = 0.8  # ...`)."""
+    for cell in json.loads(book.read_text()).get("cells", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = cell.get("source", "")
+            tree = ast.parse("".join(source) if isinstance(source, list) else source)
+            return {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    return set()
+
+
 def data_digest() -> str:
     """SHA-256 over the pinned checksums of every data file (`gsmu.base.data.SOURCES`) and, where the data
     module names a mirror with a SHA256SUMS file, that file."""
@@ -551,8 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(args.books, args.profile, results, args.grid_override, commit, data, env)
     # the summary covers every notebook of the folder, also those not selected by --only this time
     all_books = find_notebooks(args.folder)
-    everything = plan(all_books, args.profile, results, args.grid_override, commit, data, env) \
-        if args.only else jobs
+    # Notebooks not selected are summarized with their own grids: a --grid override reaches them only for the
+    # parameters they declare (e.g. notebook 02's fine_tune_lr is not a parameter of notebook 00).
+    selected = {b.stem for b in args.books}
+    everything = [job for b in all_books for job in (
+        [j for j in jobs if j.notebook == b] if b.stem in selected else
+        plan([b], args.profile, results, {k: v for k, v in args.grid_override.items() if k in declared_parameters(b)},
+             commit, data, env))]
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.time()
 
     todo = [j for j in jobs if args.force or (read_job(j.out) or {}).get("status") != "passed"]
