@@ -103,13 +103,9 @@ def notebook_digest(book: Path) -> str:
 
 
 def declared_parameters(book: Path) -> set[str]:
-    """Names of the annotated assignments in a notebook's `parameters` cell (`alpha: float = 0.8  # ...`)."""
-    for cell in json.loads(book.read_text()).get("cells", []):
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            source = cell.get("source", "")
-            tree = ast.parse("".join(source) if isinstance(source, list) else source)
-            return {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-    return set()
+    """Names of the parameters a notebook's `parameters` cell declares (papermill's own reading of it)."""
+    import papermill as pm
+    return set(pm.inspect_notebook(str(book)))
 
 
 def data_digest() -> str:
@@ -562,12 +558,15 @@ def main(argv: list[str] | None = None) -> int:
     # the summary covers every notebook of the folder, also those not selected by --only this time
     all_books = find_notebooks(args.folder)
     # Notebooks not selected are summarized with their own grids: a --grid override reaches them only for the
-    # parameters they declare (e.g. notebook 02's fine_tune_lr is not a parameter of notebook 00).
-    selected = {b.stem for b in args.books}
-    everything = [job for b in all_books for job in (
-        [j for j in jobs if j.notebook == b] if b.stem in selected else
-        plan([b], args.profile, results, {k: v for k, v in args.grid_override.items() if k in declared_parameters(b)},
-             commit, data, env))]
+    # parameters they declare (e.g. notebook 02's slingshot_lr is not a parameter of notebook 00).
+    everything = []
+    for book in all_books:
+        if book in args.books:
+            everything += [j for j in jobs if j.notebook == book]
+        else:
+            declared = declared_parameters(book)
+            override = {k: v for k, v in args.grid_override.items() if k in declared}
+            everything += plan([book], args.profile, results, override, commit, data, env)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.time()
 
     todo = [j for j in jobs if args.force or (read_job(j.out) or {}).get("status") != "passed"]

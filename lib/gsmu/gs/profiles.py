@@ -22,7 +22,7 @@ class FineTuning(Experiment):
     Quick: the CPU allows ~1250 steps per seed (the kept checkpoints of a 1500-step three-seed run were at
     steps 1000, 1250 and 1000); with the authors' lr 1e-3 the FV check jumped only at steps 3500, 2000 and 1000
     (seeds 0-2, 4500-step runs: ~4.5 CPU minutes each, three times the quick budget), with lr 3e-3 after ~750,
-    so the quick profile uses lr 3e-3 (a stated deviation; notebook 02's `fine_tune_lr`/`fine_tune_steps`
+    so the quick profile uses lr 3e-3 (a stated deviation; notebook 02's `slingshot_lr`/`slingshot_steps`
     run the authors' lr).
     """
     lr: float = 3e-3
