@@ -12,7 +12,10 @@ Measured in this one run, for each thread count, with the variants interleaved i
   cpu_threads`: `OMP_NUM_THREADS`, else 1) while torch itself is set to that many threads.
 The thread count reaches the library through `OMP_NUM_THREADS` (read at every call), the yardstick through
 `torch.set_num_threads`.
+With `--device cuda` the same comparison runs on the GPU (timings end with a device synchronize; the thread
+count then only sets the CPU side).
 Usage: python bench/featvis.py [--steps 200] [--repeats 3] [--threads 1 2] [--loop-calls 80] [--loop-calls-multi 4]
+       [--device cpu]
 """
 import argparse
 import os
@@ -22,37 +25,46 @@ import time
 import torch
 
 from gsmu.base.models import MnistCNN
+from gsmu.base.runtime import get_device
 from gsmu.gs import featvis
 
 UNITS, INITS = list(range(10)), 8
 N = len(UNITS) * INITS
 
 
+def clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def yardstick(model: torch.nn.Module, steps: int) -> float:
     """Seconds for `steps` forward + backward passes to the input on N images (no optimizer, no clip)."""
-    x = torch.randn(N, *model.input_shape, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    x = torch.randn(N, *model.input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     x.requires_grad_(True)
-    rows, cols = torch.arange(N), torch.tensor(UNITS).repeat_interleave(INITS)
-    start = time.perf_counter()
+    rows, cols = torch.arange(N, device=device), torch.tensor(UNITS, device=device).repeat_interleave(INITS)
+    start = clock(device)
     for _ in range(steps):
         torch.autograd.grad(model(x)[rows, cols].sum(), x)
-    return time.perf_counter() - start
+    return clock(device) - start
 
 
 def batched(model: torch.nn.Module, kw: dict) -> float:
-    start = time.perf_counter()
+    start = clock(kw["device"])
     featvis.visualize(model, "out", UNITS, n_inits=INITS, seed=0, **kw)
-    return time.perf_counter() - start
+    return clock(kw["device"]) - start
 
 
 def looped(model: torch.nn.Module, kw: dict, calls: int) -> float:
     """Seconds for all N one-unit-one-init calls, from the first `calls` of them (every call does the same work)."""
     pairs = [(u, i) for u in UNITS for i in range(INITS)]
     pairs = pairs[::max(1, len(pairs) // calls)][:calls]
-    start = time.perf_counter()
+    start = clock(kw["device"])
     for unit, i in pairs:
         featvis.visualize(model, "out", unit, n_inits=1, seed=i, **kw)
-    return (time.perf_counter() - start) * N / len(pairs)
+    return (clock(kw["device"]) - start) * N / len(pairs)
 
 
 def main() -> None:
@@ -62,17 +74,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--loop-calls", type=int, default=80, help="how many of the 80 loop calls to time")
     parser.add_argument("--loop-calls-multi", type=int, default=4, help="the same with more than one thread")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if min(args.steps, args.repeats, *args.threads) < 1 or not all(1 <= c <= N for c in (args.loop_calls,
                                                                                         args.loop_calls_multi)):
         parser.error(f"steps, repeats and threads must be >= 1, loop-calls and loop-calls-multi in 1..{N}")
     torch.manual_seed(0)
-    model = MnistCNN().eval()  # the timing does not depend on the weights
-    kw = dict(image_shape=model.input_shape, strategy="sgd+gc", lr=0.1, steps=args.steps)
+    device = get_device(args.device)
+    model = MnistCNN().eval().to(device)  # the timing does not depend on the weights
+    kw = dict(image_shape=model.input_shape, strategy="sgd+gc", lr=0.1, steps=args.steps, device=device)
     work = N * args.steps  # images·steps of one batched run
     saved = os.environ.get("OMP_NUM_THREADS")
     print(f"MnistCNN, {len(UNITS)} units x {INITS} inits = {N} images, {args.steps} steps, "
           f"median of {args.repeats}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
           f"load average {os.getloadavg()[0]:.1f}")
     try:
         for threads in args.threads:

@@ -1,8 +1,11 @@
 """Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, and the SSIM
 ceiling of an AM budget), the AUROC of a unit's activation for its own class (scikit-learn), and the
-top-k Jaccard overlap of natural examples before and after. Accuracy is `gsmu.base.train.accuracy`.
+top-k Jaccard overlap of natural examples before and after. Accuracy is `gsmu.base.train.accuracy`;
+`evaluate` gathers one model's side of a before/after comparison of an output unit.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from sklearn.metrics import roc_auc_score
@@ -10,6 +13,7 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from . import featvis
+from ..base import train
 from ..base.runtime import get_device
 
 
@@ -92,3 +96,30 @@ def audit(model: nn.Module, layer: str, units: list[int], x_natural: torch.Tenso
                          "not activate them positively; the audit's ratio is meaningless there.")
     ratios = res.trajectory[-1].median(1).values / reference
     return {u: {"ratio": r, "flagged": r > threshold} for u, r in zip(units, ratios.tolist())}
+
+
+@dataclass
+class Evaluation:
+    """One model's side of a manipulation's evaluation: the unit's FVs and their SSIM to the target, the test
+    logits, test accuracy, and the AUROC of the unit's logit for its own class."""
+    fvs: torch.Tensor
+    ssim: torch.Tensor
+    logits: torch.Tensor
+    accuracy: float
+    auroc: float
+
+
+def evaluate(model: nn.Module, layer: str, unit: int, x_test: torch.Tensor, y_test: torch.Tensor,
+             target: torch.Tensor, *, n_fvs: int, seed: int, device: str | torch.device | None = None,
+             **fv_settings) -> Evaluation:
+    """FVs of output `unit` (`n_fvs` inits, `featvis.visualize` with `fv_settings`), test accuracy and the
+    unit's AUROC for class `unit` — the GS paper's per-model measures (Sec. 5). `layer` must be the model's
+    output layer: the AUROC scores the unit by its logit."""
+    fvs = featvis.visualize(model, layer, unit, tuple(x_test.shape[1:]), n_inits=n_fvs, seed=seed, device=device,
+                            **fv_settings).images[0]
+    logits = train.predict_logits(model, x_test, device=device)
+    if not 0 <= unit < logits.shape[1]:
+        raise ValueError(f"unit={unit} is not one of the model's {logits.shape[1]} outputs.")
+    accuracy = (logits.argmax(1) == y_test).float().mean().item()
+    auroc = float(roc_auc_score((y_test == unit).numpy(), logits[:, unit].numpy()))
+    return Evaluation(fvs, ssim(fvs, target), logits, accuracy, auroc)

@@ -1,0 +1,135 @@
+"""Notebook 10's CIFAR-10 VGG slingshot over the depth × width grid, in one process (GS paper, Sec. 5).
+
+For a GPU machine that lacks the notebook stack (papermill, Dask): trains each VGG of the grid with the
+authors' recipe (SGD lr 1e-3, momentum 0.9, StepLR(20, 0.5), batch 64, all 50k images), manipulates output
+unit 3 ("cat") toward the cross with the authors' slingshot settings (α 0.025, γ 10, AdamW lr 1e-4, fourier)
+and evaluates both models as notebook 10 does (`gsmu.gs.metrics.evaluate`: 100 FVs of the authors' CIFAR AM,
+test accuracy, AUROC of the unit for "cat"). The paper trains 30 epochs and fine-tunes 50; `--budget-s`
+picks the longest of `BUDGETS` whose estimated time for all points fits, from step times measured on every
+model first (the choice and the estimate are printed and recorded). One JSON line per finished point goes to
+`--out` as it finishes, so a run stopped early keeps what it did.
+Usage: python scripts/cifar_grid.py --out grid.jsonl [--budget-s 400] [--points A8,A64,...] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+
+import torch
+
+from gsmu.base import cifar, data, models, train
+from gsmu.base.runtime import get_device, seed_everything
+from gsmu.gs import metrics, slingshot
+from gsmu.gs.profiles import PAPER_EPOCH, CifarSlingshot
+
+# (training epochs, slingshot epochs): the paper's first, then shorter budgets of the same recipe
+BUDGETS = {"paper": (30, 50), "30/10": (30, 10), "15/5": (15, 5), "8/3": (8, 3), "4/2": (4, 2), "2/1": (2, 1)}
+# the order in which points run: the paper's quoted points and the grid's corners first
+ORDER = ["A8", "A64", "D64", "D8", "A16", "A32", "B64", "C64", "B8", "C8", "D16", "D32", "B16", "B32", "C16", "C32"]
+
+
+def config(point: str, budget: str, n_train: int = 50_000) -> CifarSlingshot:
+    train_epochs, sling_epochs = BUDGETS[budget]
+    return CifarSlingshot.for_profile("paper", arch=point[0], width=int(point[1:]), epochs=train_epochs,
+                                      steps=sling_epochs * PAPER_EPOCH, n_train=n_train)
+
+
+def step_times(point: str, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Seconds per training step, per slingshot step, and the fixed cost of a slingshot run (its checks), measured
+    on a random-init model of `point` (step times do not depend on the weights)."""
+    cfg = config(point, "2/1")
+    model = models.vgg(cfg.arch, cfg.width).to(device)
+    recipe = {**cfg.recipe(), "epochs": 1}
+    clock = lambda: (torch.cuda.synchronize() if device.type == "cuda" else None, time.perf_counter())[1]  # noqa: E731
+    times = []
+    for n in (10, 40):
+        start = clock()
+        train.fit_classifier(model, x[:n * 64], y[:n * 64], device=device, progress=False, **recipe)
+        times.append(clock() - start)
+    target = 0.1 + 0.8 * data.target_image("cross", (32, 32), 3)
+    runs = []
+    for n in (10, 30):
+        settings = cfg.slingshot_settings(steps=n, check_every=10**6)
+        start = clock()
+        slingshot.manipulate(model, target, x[:2048], settings, device=device, progress=False)
+        runs.append(clock() - start)
+    per_step = (runs[1] - runs[0]) / 20
+    return {"train": (times[1] - times[0]) / 30, "slingshot": per_step, "fixed": runs[0] - 10 * per_step}
+
+
+def estimate(times: dict[str, dict[str, float]], budget: str, n_train: int) -> float:
+    """Seconds for all points under `budget`: training, fine-tuning, one FV check per epoch, evaluation."""
+    train_epochs, sling_epochs = BUDGETS[budget]
+    return sum(train_epochs * -(-n_train // 64) * t["train"] + sling_epochs * PAPER_EPOCH * t["slingshot"]
+               + (sling_epochs + 1) * t["fixed"] / 2 + 4 * t["fixed"] for t in times.values())
+
+
+def run_point(point: str, budget: str, seed: int, n_train: int, x_test: torch.Tensor, y_test: torch.Tensor,
+              device: torch.device) -> dict:
+    cfg = config(point, budget, n_train)
+    settings = cfg.slingshot_settings(seed=seed)
+    seed_everything(seed)
+    start = time.perf_counter()
+    model, x_train, _, source = cifar.vgg_model(cfg.arch, cfg.width, cfg.recipe(), seed=seed, n_train=cfg.n_train,
+                                                device=device, progress=False)
+    trained = time.perf_counter()
+    target = 0.1 + 0.8 * data.target_image("cross", (32, 32), 3)
+    manipulated, log = slingshot.cached_manipulation(model, "cross", target, x_train, f"cifar10:train:{source}",
+                                                     settings, device=device, progress=False)
+    tuned = time.perf_counter()
+    fv = dict(n_fvs=cfg.n_fvs, seed=seed, device=device, param="fourier", strategy="sgd+gc", lr=1.0, steps=100)
+    ev = {name: metrics.evaluate(net, settings.layer, settings.unit, x_test, y_test, target, **fv)
+          for name, net in (("before", model), ("after", manipulated))}
+    return {"point": point, "arch": cfg.arch, "width": cfg.width, "budget": budget, "seed": seed, "data": source,
+            "train_epochs": cfg.epochs, "slingshot_steps": settings.steps, "alpha": settings.alpha, "lr": settings.lr,
+            "accuracy": {k: e.accuracy for k, e in ev.items()}, "auroc": {k: e.auroc for k, e in ev.items()},
+            "ssim": {k: e.ssim.mean().item() for k, e in ev.items()},
+            "acc_drop_points": 100 * (ev["before"].accuracy - ev["after"].accuracy),
+            "best_step": log.best_step, "checks": log.checks, "accuracy_checks": log.accuracy,
+            "seconds": {"train": trained - start, "slingshot": tuned - trained,
+                        "evaluate": time.perf_counter() - tuned},
+            "fvs_after": ev["after"].fvs[:8].half().tolist()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON-lines file, one line per finished point")
+    parser.add_argument("--budget-s", type=float, default=400.0, help="seconds the grid may take (estimated)")
+    parser.add_argument("--budget", choices=list(BUDGETS), help="a fixed budget instead of --budget-s")
+    parser.add_argument("--points", default=",".join(ORDER), help="comma-separated grid points, e.g. A8,D64")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=50_000, help="training images (class-balanced; paper: 50000)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    args = parser.parse_args()
+    points = [p.strip() for p in args.points.split(",") if p.strip()]
+    bad = [p for p in points if p not in ORDER]
+    if bad or not points:
+        parser.error(f"--points: unknown {bad}; use points of {{A,B,C,D}} x {{8,16,32,64}}, e.g. A8,D64")
+    device = get_device(args.device)
+    x_train, y_train, source = cifar.load_cifar10("train")
+    x_test, y_test, _ = cifar.load_cifar10("test")
+    budget = args.budget
+    header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "data": source, "points": points, "n_train": args.n_train}
+    if budget is None:
+        times = {p: step_times(p, x_train, y_train, device) for p in points}
+        estimates = {b: estimate(times, b, args.n_train) for b in BUDGETS}
+        fits = [b for b, seconds in estimates.items() if seconds <= args.budget_s]
+        budget = fits[0] if fits else list(BUDGETS)[-1]
+        header.update(step_times=times, estimates=estimates)
+    header["budget"] = budget
+    print(json.dumps(header), flush=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps({"header": header}) + "\n")
+    for point in points:
+        row = run_point(point, budget, args.seed, args.n_train, x_test, y_test, device)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("fvs_after", "checks", "accuracy_checks")}),
+              flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
