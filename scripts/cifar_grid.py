@@ -3,7 +3,7 @@
 For a GPU machine that lacks the notebook stack (papermill, Dask): trains each VGG of the grid with the
 authors' recipe (SGD lr 1e-3, momentum 0.9, StepLR(20, 0.5), batch 64, all 50k images), manipulates output
 unit 3 ("cat") toward the cross with the authors' slingshot settings (α 0.025, γ 10, AdamW lr 1e-4, fourier)
-and evaluates both models as notebook 10 does (`gsmu.gs.metrics.evaluate`: 100 FVs of the authors' CIFAR AM,
+and evaluates both models as notebook 10 does (`gsmu.gs.metrics.compare`: 100 FVs of the authors' CIFAR AM,
 test accuracy, AUROC of the unit for "cat"). The paper trains 30 epochs and fine-tunes 50; `--budget-s`
 picks the longest of `BUDGETS` whose estimated time for all points fits, from step times measured on every
 model first (the choice and the estimate are printed and recorded). One JSON line per finished point goes to
@@ -86,22 +86,21 @@ def run_point(point: str, budget: str, seed: int, n_train: int, x_test: torch.Te
     manipulated, log = slingshot.cached_manipulation(model, "cross", target, x_train, f"cifar10:train:{source}",
                                                      settings, device=device, progress=False)
     tuned = time.perf_counter()
-    fv = dict(n_fvs=cfg.n_fvs, seed=seed, device=device, param="fourier", strategy="sgd+gc", lr=1.0, steps=100)
-    ev = {name: metrics.evaluate(net, settings.layer, settings.unit, x_test, y_test, target, **fv)
-          for name, net in (("before", model), ("after", manipulated))}
+    am = dict(param="fourier", strategy="sgd+gc", lr=1.0, steps=100)
+    cmp = metrics.compare(model, manipulated, settings.layer, settings.unit, x_test, y_test, target, am, cfg.n_fvs,
+                          seed=seed, device=device)
     return {"point": point, "arch": cfg.arch, "width": cfg.width, "budget": budget, "seed": seed, "data": source,
             "train_epochs": cfg.epochs, "slingshot_steps": settings.steps, "alpha": settings.alpha, "lr": settings.lr,
-            "accuracy": {k: e.accuracy for k, e in ev.items()}, "auroc": {k: e.auroc for k, e in ev.items()},
-            "ssim": {k: e.ssim.mean().item() for k, e in ev.items()},
-            "acc_drop_points": 100 * (ev["before"].accuracy - ev["after"].accuracy),
+            "accuracy": cmp.accuracy, "auroc": cmp.auroc, "ssim": {k: v.mean().item() for k, v in cmp.ssim.items()},
+            "acc_drop_points": 100 * (cmp.accuracy["before"] - cmp.accuracy["after"]),
             "best_step": log.best_step, "checks": log.checks, "accuracy_checks": log.accuracy,
             "seconds": {"train": trained - start, "slingshot": tuned - trained,
                         "evaluate": time.perf_counter() - tuned},
-            "fvs_after": ev["after"].fvs[:8].half().tolist()}
+            "fvs_after": cmp.fv["after"][:8].half().tolist()}
 
 
-# the paper's accuracy drops (points) at α 0.025 where it quotes them (GS paper, Sec. 5, VGG grid)
-PAPER_DROP = {"A8": 50.8, "A16": 23.2, "A32": 10.2, "A64": 4.9, "B64": 3.1, "C64": 2.2, "D64": 2.3}
+# the paper's accuracy drops (points) at α 0.025 where it quotes them
+PAPER_DROP = {f"{a}{w}": d for (a, w, alpha), d in CifarSlingshot.PAPER_ACC_DROP.items() if alpha == 0.025}
 
 
 def summarize(files: list[str], into: Path) -> dict:

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.models.vision_transformer import VisionTransformer
 
 from gsmu.experiments import NOTEBOOKS
-from gsmu.gs import featvis, imagenet, slingshot
+from gsmu.gs import featvis, imagenet, metrics, slingshot
 
 TINY_VIT = dict(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
 NO_ENV = [*imagenet.ENV.values(), "TORCH_HOME"]
@@ -183,15 +183,15 @@ def test_wrong_inputs_raise_a_value_error_naming_them(tmp_path):
         imagenet.resnet50_model(imagenet.check_inputs(online=False)["resnet50"], device="cpu")
 
 
-def test_evaluation_compares_both_models_on_an_independent_auroc():
+def test_comparison_of_resnets_scores_the_unit_against_one_negative_class():
     from sklearn.metrics import roc_auc_score
     original, other = tiny_resnet(0), tiny_resnet(1)
     x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([77, 251, 145] * 4)
     am = {**imagenet.IMAGENET_AM, "steps": 2}
     target = torch.rand(3, 32, 32)
-    ev = imagenet.evaluate(original, other, x, labels, 77, 77, target, am, n_fvs=2, negative=251, k=3, seed=0,
-                           device="cpu")
+    ev = metrics.compare(original, other, "fc", 77, x, labels, target, am, n_fvs=2, negative=251, k=3,
+                         batch_size=5, seed=0, device="cpu")
     with torch.no_grad():
         scores = original(x)[:, 77]
     keep = (labels == 77) | (labels == 251)
@@ -199,7 +199,7 @@ def test_evaluation_compares_both_models_on_an_independent_auroc():
     assert ev.fv["after"].shape == (2, 3, 32, 32) and ev.ssim["before"].shape == (2,)
     assert 0 <= ev.jaccard <= 1 and set(ev.accuracy) == {"before", "after"}
     with pytest.raises(ValueError, match="positive=999"):
-        imagenet.evaluate(original, other, x, labels, 77, 999, target, am, n_fvs=1, device="cpu")
+        metrics.compare(original, other, "fc", 77, x, labels, target, am, n_fvs=1, positive=999, device="cpu")
 
 
 def test_open_clip_backbone_says_what_to_install_when_absent():

@@ -89,3 +89,25 @@ def test_reachable_ssim_is_the_ssim_of_the_point_on_the_straight_path():
     assert metrics.reachable_ssim(eta, target, steps=10, lr=0.1) < half < 1.0
     with pytest.raises(ValueError, match="lr"):
         metrics.reachable_ssim(eta, target, steps=10, lr=0.0)
+
+
+def test_compare_matches_independent_accuracy_auroc_and_top_k():
+    torch.manual_seed(0)
+    before, after = (nn.Sequential(nn.Flatten(), nn.Linear(256, 3)) for _ in range(2))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(60, 1, 16, 16, generator=gen), torch.randint(0, 3, (60,), generator=gen)
+    target = torch.rand(1, 16, 16, generator=gen)  # 16 x 16: SSIM's 11-pixel window fits
+    am = dict(param="pixel", strategy="sgd", lr=0.1, steps=3)
+    cmp = metrics.compare(before, after, "1", 2, x, y, target, am, n_fvs=2, k=10, batch_size=7, seed=0, device="cpu")
+    for name, net in (("before", before), ("after", after)):
+        with torch.no_grad():
+            z = net(x)
+        assert cmp.accuracy[name] == pytest.approx((z.argmax(1) == y).double().mean().item())
+        scores = z[:, 2].numpy()
+        u = mannwhitneyu(scores[y.numpy() == 2], scores[y.numpy() != 2]).statistic
+        assert cmp.auroc[name] == pytest.approx(u / ((y == 2).sum().item() * (y != 2).sum().item()))
+        assert set(cmp.top[name].tolist()) == set(np.argsort(-scores)[:10].tolist())
+        assert torch.equal(cmp.ssim[name], metrics.ssim(cmp.fv[name], target)) and cmp.fv[name].shape == (2, 1, 16, 16)
+    assert cmp.jaccard == metrics.topk_jaccard(cmp.top["before"], cmp.top["after"])
+    with pytest.raises(ValueError, match="unit=3 is not one of the model's 3 outputs"):
+        metrics.compare(before, after, "1", 3, x, y, target, am, n_fvs=1, device="cpu")

@@ -33,9 +33,9 @@ def image_grid(images: torch.Tensor, nrow: int, titles: list[str] | None = None,
             continue
         img = images[i]
         if img.shape[0] == 1:
-            ax.imshow(img[0], cmap=cmap, vmin=0, vmax=1)
+            ax.imshow(img[0].numpy(), cmap=cmap, vmin=0, vmax=1)
         else:
-            ax.imshow(img.permute(1, 2, 0))
+            ax.imshow(img.permute(1, 2, 0).numpy())
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()

@@ -1,7 +1,7 @@
 """Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, and the SSIM
 ceiling of an AM budget), the AUROC of a unit's activation for its own class (scikit-learn), and the
 top-k Jaccard overlap of natural examples before and after. Accuracy is `gsmu.base.train.accuracy`;
-`evaluate` gathers one model's side of a before/after comparison of an output unit.
+`compare` gathers all of them for a model before and after a manipulation.
 """
 from __future__ import annotations
 
@@ -98,28 +98,45 @@ def audit(model: nn.Module, layer: str, units: list[int], x_natural: torch.Tenso
     return {u: {"ratio": r, "flagged": r > threshold} for u, r in zip(units, ratios.tolist())}
 
 
+
 @dataclass
-class Evaluation:
-    """One model's side of a manipulation's evaluation: the unit's FVs and their SSIM to the target, the test
-    logits, test accuracy, and the AUROC of the unit's logit for its own class."""
-    fvs: torch.Tensor
-    ssim: torch.Tensor
-    logits: torch.Tensor
-    accuracy: float
-    auroc: float
+class Comparison:
+    """Before/after comparison of a manipulation (keys 'before', 'after'): top-1 accuracy, the unit's AUROC for its
+    class, the FVs (n×C×H×W) and their SSIM to the target, the logits, the unit's top-k natural examples (indices
+    into the evaluation images) and their overlap (Jaccard)."""
+    accuracy: dict[str, float]
+    auroc: dict[str, float]
+    fv: dict[str, torch.Tensor]
+    ssim: dict[str, torch.Tensor]
+    logits: dict[str, torch.Tensor]
+    top: dict[str, torch.Tensor]
+    jaccard: float
 
 
-def evaluate(model: nn.Module, layer: str, unit: int, x_test: torch.Tensor, y_test: torch.Tensor,
-             target: torch.Tensor, *, n_fvs: int, seed: int, device: str | torch.device | None = None,
-             **fv_settings) -> Evaluation:
-    """FVs of output `unit` (`n_fvs` inits, `featvis.visualize` with `fv_settings`), test accuracy and the
-    unit's AUROC for class `unit` — the GS paper's per-model measures (Sec. 5). `layer` must be the model's
-    output layer: the AUROC scores the unit by its logit."""
-    fvs = featvis.visualize(model, layer, unit, tuple(x_test.shape[1:]), n_inits=n_fvs, seed=seed, device=device,
-                            **fv_settings).images[0]
-    logits = train.predict_logits(model, x_test, device=device)
-    if not 0 <= unit < logits.shape[1]:
-        raise ValueError(f"unit={unit} is not one of the model's {logits.shape[1]} outputs.")
-    accuracy = (logits.argmax(1) == y_test).float().mean().item()
-    auroc = float(roc_auc_score((y_test == unit).numpy(), logits[:, unit].numpy()))
-    return Evaluation(fvs, ssim(fvs, target), logits, accuracy, auroc)
+def compare(original: nn.Module, manipulated: nn.Module, layer: str, unit: int, x: torch.Tensor,
+            labels: torch.Tensor, target: torch.Tensor, am: dict, n_fvs: int, *, positive: int | None = None,
+            negative: int | None = None, k: int = 100, batch_size: int = 1024, seed: int = 0,
+            device: str | torch.device | None = None) -> Comparison:
+    """The GS paper's per-model measures (Sec. 5) for both models on images x with `labels` in the models' output
+    space. `layer` is the output layer and `unit` one of its outputs (its logit is its activation): accuracy;
+    AUROC of the unit as a score for 'label == positive' (default: `unit`) against all other images, or with
+    `negative` against that class only (the paper's rifle-vs-penguin); `n_fvs` FVs of the unit with the AM
+    keywords `am` (e.g. param, strategy, lr, steps) from seed `seed`, and their SSIM to `target`; the top-k
+    natural examples by the unit's logit and their Jaccard overlap."""
+    positive = unit if positive is None else positive
+    device = get_device(device)
+    nets = {"before": original, "after": manipulated}
+    logits = {n: train.predict_logits(m, x, batch_size=batch_size, device=device) for n, m in nets.items()}
+    if not 0 <= unit < logits["before"].shape[1]:
+        raise ValueError(f"unit={unit} is not one of the model's {logits['before'].shape[1]} outputs.")
+    keep = torch.ones(len(labels), dtype=torch.bool) if negative is None else (labels == positive) | (labels == negative)
+    truth = (labels[keep] == positive).numpy()
+    if truth.all() or not truth.any():
+        raise ValueError(f"positive={positive}: the evaluation labels must hold that class and others.")
+    fv = {n: featvis.visualize(m, layer, unit, tuple(target.shape), n_inits=n_fvs, seed=seed, device=device,
+                               **am).images[0] for n, m in nets.items()}
+    top = {n: z[:, unit].topk(min(k, len(x))).indices for n, z in logits.items()}
+    return Comparison(accuracy={n: (z.argmax(1) == labels).float().mean().item() for n, z in logits.items()},
+                      auroc={n: float(roc_auc_score(truth, z[keep, unit].numpy())) for n, z in logits.items()},
+                      fv=fv, ssim={n: ssim(images, target) for n, images in fv.items()}, logits=logits, top=top,
+                      jaccard=topk_jaccard(top["before"], top["after"]))

@@ -1,0 +1,56 @@
+"""Tests of scripts/cifar_grid.py (the VGG depth × width grid in one process): its budgets and its summary."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gsmu.gs.profiles import PAPER_EPOCH
+
+SPEC = importlib.util.spec_from_file_location("cifar_grid", Path(__file__).parents[1] / "scripts" / "cifar_grid.py")
+grid = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(grid)
+
+
+def test_budgets_keep_the_authors_recipe_and_shorten_only_the_epochs():
+    paper, short = grid.config("D32", "paper"), grid.config("D32", "4/2")
+    assert (paper.arch, paper.width, paper.epochs, paper.steps) == ("D", 32, 30, 50 * PAPER_EPOCH)
+    assert (short.epochs, short.steps) == (4, 2 * PAPER_EPOCH)
+    assert {k: v for k, v in vars(short).items() if k not in ("epochs", "steps")} == \
+           {k: v for k, v in vars(paper).items() if k not in ("epochs", "steps")}
+    assert grid.PAPER_DROP["A8"] == 50.8 and set(grid.PAPER_DROP) <= set(grid.ORDER)
+
+
+def test_estimate_grows_with_the_budget():
+    times = {"A8": {"train": 0.005, "slingshot": 0.02, "fixed": 1.0}}
+    estimates = [grid.estimate(times, b, 50_000) for b in grid.BUDGETS]
+    assert estimates == sorted(estimates, reverse=True)
+    assert estimates[0] == pytest.approx(30 * 782 * 0.005 + 50 * 782 * 0.02 + 51 / 2 + 4)
+
+
+def row(point: str, drop: float, ssim_after: float) -> dict:
+    return {"point": point, "arch": point[0], "width": int(point[1:]), "budget": "2/1", "seed": 0,
+            "accuracy": {"before": 0.7, "after": 0.7 - drop / 100}, "auroc": {"before": 0.9, "after": 0.8},
+            "ssim": {"before": 0.0, "after": ssim_after}, "acc_drop_points": drop, "best_step": 782,
+            "seconds": {"train": 1.0, "slingshot": 2.0, "evaluate": 0.5},
+            "fvs_after": np.full((8, 3, 2, 2), ssim_after).tolist()}
+
+
+def test_summary_of_a_grid_whose_damage_falls_with_width(tmp_path):
+    points = ["A8", "A16", "B8", "B16"]
+    lines = [{"header": {"device": "cpu"}}] + [row(p, 40 / int(p[1:]) + (p[0] == "B"), int(p[1:]) / 16)
+                                                for p in points]
+    source = tmp_path / "g.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    trend = grid.summarize([str(source)], tmp_path / "out")
+    # by hand: width ranks (1.5, 3.5, 1.5, 3.5), drop ranks (3, 1, 4, 2) -> Pearson of the ranks = -2/sqrt(5)
+    assert trend["spearman_acc_drop_vs_width"] == pytest.approx(-2 / np.sqrt(5))
+    assert trend["spearman_ssim_after_vs_width"] > 0 and trend["points"] == 4
+    saved = json.loads((tmp_path / "out" / "grid.json").read_text())
+    assert [r["point"] for r in saved["rows"]] == points and "fvs_after" not in saved["rows"][0]
+    fvs = np.load(tmp_path / "out" / "fvs.npz")
+    assert fvs["fvs"].shape == (4, 8, 3, 2, 2) and fvs["fvs"][1].max() == 255  # A16: SSIM 1 -> pixel 1.0
+    table = (tmp_path / "out" / "table.md").read_text().splitlines()
+    assert len([t for t in table if t.startswith("| A") or t.startswith("| B")]) == 4
+    assert (tmp_path / "out" / "grid.png").stat().st_size > 0
