@@ -6,7 +6,7 @@ from scipy.stats import mannwhitneyu
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from gsmu.gs import metrics
+from gsmu.gs import featvis, metrics
 
 
 def test_ssim_matches_scikit_image_and_identity():
@@ -76,6 +76,25 @@ def test_audit_flags_the_ramp_and_not_the_clean_unit():
     slung = metrics.audit(Ramp(True), "out", [0, 1], x, k=5, n_starts=3, steps=50)
     assert not clean[0]["flagged"] and not clean[1]["flagged"]
     assert slung[0]["flagged"] and not slung[1]["flagged"]
+
+
+def test_centered_audit_measures_from_the_units_median_and_handles_negative_logits():
+    x = 0.5 + 0.5 * torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    model = Ramp(True)
+    nn.init.constant_(model.linear.bias, -5.0)  # every logit negative on the data: the plain ratio is undefined
+    with pytest.raises(ValueError, match="center=True"):
+        metrics.audit(model, "out", [0, 1], x, k=5, n_starts=3, steps=50)
+    got = metrics.audit(model, "out", [0, 1], x, k=5, n_starts=3, steps=50, center=True)
+    with torch.no_grad():
+        z = model(x)
+    fv = featvis.visualize(model, "out", [0, 1], (1, 4, 4), n_inits=3, strategy="sgd+gc", lr=0.1, steps=50, seed=0)
+    with torch.no_grad():
+        reached = torch.stack([model(fv.images[i])[:, i] for i in range(2)])  # activation at the final images
+    for u in (0, 1):
+        median = z[:, u].median()
+        expected = (reached[u].median() - median) / (z[:, u].topk(5).values.median() - median)
+        assert got[u]["ratio"] == pytest.approx(expected.item(), rel=1e-4)
+    assert got[0]["flagged"] and not got[1]["flagged"]
 
 
 def test_reachable_ssim_is_the_ssim_of_the_point_on_the_straight_path():

@@ -76,25 +76,32 @@ def topk_jaccard(before: torch.Tensor, after: torch.Tensor) -> float:
 
 def audit(model: nn.Module, layer: str, units: list[int], x_natural: torch.Tensor, *, k: int = 9,
           n_starts: int = 4, steps: int = 200, lr: float = 0.1, threshold: float = 10.0, seed: int = 0,
+          param: str = "pixel", center: bool = False,
           device: str | torch.device | None = None) -> dict[int, dict]:
     """Flag units whose feature visualization reaches activations far beyond any real input's.
 
-    Per unit: ratio = median final activation of `n_starts` AM runs (pixel, SGD+GC, the authors' MNIST
-    AM) / median activation of its top-k natural examples in `x_natural`; flagged when ratio > threshold.
+    Per unit: ratio = median final activation of `n_starts` AM runs (SGD+GC; by default pixel, lr 0.1, 200
+    steps: the authors' MNIST AM — pass the AM the FVs are made with, e.g. fourier for CIFAR-10) / median
+    activation of its top-k natural examples in `x_natural`; flagged when ratio > threshold.
     Why it works: the slingshot makes h ≈ C − γ/2‖q_t − q‖² along the tunnel, so from the start to the
     target the activation rises by γ/2‖q_t‖² (≈ 5000 for the MNIST cross, ‖q_t‖ ≈ 32), while preservation keeps the
     activations on real data where they were; a clean unit's AM stays on the scale of its natural examples.
     Needs neither the target nor a reference model; meant for units whose natural examples activate them
-    positively (e.g. logits). Returns {unit: {"ratio": float, "flagged": bool}}.
+    positively (e.g. logits). `center=True` measures both activations from the unit's median over `x_natural`,
+    for units whose top natural examples need not be positive (a weakly trained model's logits can be negative
+    on every image). Returns {unit: {"ratio": float, "flagged": bool}}.
     """
     _, natural = featvis.natural_examples(model, layer, units, x_natural, k=k, device=device)
-    res = featvis.visualize(model, layer, units, tuple(x_natural.shape[1:]), n_inits=n_starts,
+    res = featvis.visualize(model, layer, units, tuple(x_natural.shape[1:]), n_inits=n_starts, param=param,
                             strategy="sgd+gc", lr=lr, steps=steps, seed=seed, device=device)
-    reference = natural.median(1).values
+    offset = featvis.activations(model, layer, x_natural, device=get_device(device))[:, units].median(0).values \
+        if center else torch.zeros(len(units))
+    reference = natural.median(1).values - offset
     if (reference <= 0).any():
         raise ValueError(f"units {[u for u, r in zip(units, reference) if r <= 0]}: their natural examples do "
-                         "not activate them positively; the audit's ratio is meaningless there.")
-    ratios = res.trajectory[-1].median(1).values / reference
+                         "not activate them positively; the audit's ratio is meaningless there (center=True "
+                         "measures from the unit's median activation instead).")
+    ratios = (res.trajectory[-1].median(1).values - offset) / reference
     return {u: {"ratio": r, "flagged": r > threshold} for u, r in zip(units, ratios.tolist())}
 
 
