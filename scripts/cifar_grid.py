@@ -8,9 +8,11 @@ test accuracy, AUROC of the unit for "cat"). The paper trains 30 epochs and fine
 picks the longest of `BUDGETS` whose estimated time for all points fits, from step times measured on every
 model first (the choice and the estimate are printed and recorded). One JSON line per finished point goes to
 `--out` as it finishes, so a run stopped early keeps what it did.
-`--summarize` turns such files into a folder of results: grid.json (every row without its FVs), fvs.npz (8 FVs
-per point after manipulation, uint8), grid.png (the paper-style figure), fvs_after.png, trend.json (Spearman's ρ
-of the accuracy drop and the FV-SSIM against width and depth, scipy) and table.md (the rows as a table).
+`--summarize` turns such files (several seeds: one run per `--seed`, appended to one file or given as several)
+into a folder of results: grid.json (every row without its FVs), fvs.npz (8 FVs per row after manipulation,
+uint8), table.md (per point: mean ± sd over its seeds), grid.png (the paper-style figure of the means),
+fvs_after.png (first seed) and trend.json (Spearman's ρ of the per-point means of the accuracy drop and the
+FV-SSIM against width and depth, scipy).
 Usage: python scripts/cifar_grid.py --out grid.jsonl [--budget-s 400] [--points A8,A64,...] [--seed 0]
        python scripts/cifar_grid.py --summarize grid.jsonl [more.jsonl ...] --into FOLDER
 """
@@ -103,61 +105,94 @@ def run_point(point: str, budget: str, seed: int, n_train: int, x_test: torch.Te
 PAPER_DROP = {f"{a}{w}": d for (a, w, alpha), d in CifarSlingshot.PAPER_ACC_DROP.items() if alpha == 0.025}
 
 
-def summarize(files: list[str], into: Path) -> dict:
-    """Write grid.json, fvs.npz, trend.json and grid.png for the rows of `files` into `into`; return the trend."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from scipy.stats import spearmanr
-    from gsmu.base.plots import image_grid
+def load_rows(files: list[str]) -> tuple[list[dict], list[dict]]:
+    """(headers, rows) of JSON-lines files written by a run; ValueError when there are no rows or mixed budgets."""
     lines = [json.loads(line) for f in files for line in Path(f).read_text().splitlines() if line.strip()]
     headers, rows = [r["header"] for r in lines if "header" in r], [r for r in lines if "point" in r]
-    rows.sort(key=lambda r: ("ABCD".index(r["arch"]), r["width"]))
-    if not rows:
-        raise ValueError(f"no grid rows in {files}")
-    into.mkdir(parents=True, exist_ok=True)
-    fvs = np.stack([np.asarray(r.pop("fvs_after"), dtype=np.float32) for r in rows])
-    np.savez_compressed(into / "fvs.npz", points=[r["point"] for r in rows],
-                        fvs=np.round(255 * fvs.clip(0, 1)).astype(np.uint8))
-    (into / "grid.json").write_text(json.dumps({"headers": headers, "rows": rows}, indent=1) + "\n")
-    depth, width = [ "ABCD".index(r["arch"]) for r in rows], [np.log2(r["width"]) for r in rows]
-    drop, ssim_after = [r["acc_drop_points"] for r in rows], [r["ssim"]["after"] for r in rows]
-    trend = {f"spearman_{m}_vs_{a}": float(spearmanr(axis, values).statistic)
-             for m, values in (("acc_drop", drop), ("ssim_after", ssim_after))
-             for a, axis in (("width", width), ("depth", depth))}
-    trend["points"] = len(rows)
-    (into / "trend.json").write_text(json.dumps(trend, indent=1) + "\n")
-    table = ["| point | accuracy before → after | drop (points) | paper drop | AUROC before → after | SSIM before → after |"
-             " kept step | train / slingshot s |", "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['point']} | {100 * r['accuracy']['before']:.2f} → {100 * r['accuracy']['after']:.2f} | "
-              f"{r['acc_drop_points']:.2f} | {PAPER_DROP.get(r['point'], '—')} | {r['auroc']['before']:.3f} → "
-              f"{r['auroc']['after']:.3f} | {r['ssim']['before']:.3f} → {r['ssim']['after']:.3f} | {r['best_step']} | "
-              f"{r['seconds']['train']:.1f} / {r['seconds']['slingshot']:.1f} |" for r in rows]
-    table += ["", "Spearman's ρ over the points: " + ", ".join(f"{k.removeprefix('spearman_')} {v:+.2f}"
-                                                          for k, v in trend.items() if k.startswith("spearman"))]
-    (into / "table.md").write_text("\n".join(table) + "\n")
-    archs, widths = "ABCD", sorted({r["width"] for r in rows})
+    budgets = {r["budget"] for r in rows}
+    if len(budgets) != 1:
+        raise ValueError(f"{files}: need grid rows of one budget, found {sorted(budgets) or 'no rows'}")
+    return headers, sorted(rows, key=lambda r: ("ABCD".index(r["arch"]), r["width"], r["seed"]))
+
+
+def per_point(rows: list[dict]) -> dict[str, dict]:
+    """Each point's measures over its seeds: {point: {measure: (mean, sd, n)}} (sd 0 for one seed)."""
+    import numpy as np
+    measures = {"drop": lambda r: r["acc_drop_points"], "auroc": lambda r: r["auroc"]["before"] - r["auroc"]["after"],
+                "ssim": lambda r: r["ssim"]["after"], "acc_before": lambda r: 100 * r["accuracy"]["before"]}
+    points: dict[str, dict] = {}
+    for point in dict.fromkeys(r["point"] for r in rows):
+        values = {m: np.array([f(r) for r in rows if r["point"] == point]) for m, f in measures.items()}
+        points[point] = {m: (v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0, len(v)) for m, v in values.items()}
+    return points
+
+
+def spearman_trend(points: dict[str, dict]) -> dict:
+    """Spearman's ρ of the per-point mean accuracy drop and FV-SSIM against width (log2) and depth (scipy)."""
+    from scipy.stats import spearmanr
+    width = [int(p[1:]) for p in points]  # ranks: the width itself serves for its log
+    depth = ["ABCD".index(p[0]) for p in points]
+    trend = {f"spearman_{m}_vs_{a}": float(spearmanr(axis, [v[key][0] for v in points.values()]).statistic)
+             for m, key in (("acc_drop", "drop"), ("ssim_after", "ssim")) for a, axis in (("width", width), ("depth", depth))}
+    return {**trend, "points": len(points), "seeds_per_point": sorted({v["drop"][2] for v in points.values()})}
+
+
+def table(points: dict[str, dict], trend: dict) -> str:
+    fmt = lambda m: f"{m[0]:.2f}" if m[2] == 1 else f"{m[0]:.2f} ± {m[1]:.2f}"  # noqa: E731 — mean ± sd over seeds
+    lines = ["| point | seeds | accuracy before (%) | drop (points) | paper drop | AUROC drop | SSIM after |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p} | {v['drop'][2]} | {fmt(v['acc_before'])} | {fmt(v['drop'])} | {PAPER_DROP.get(p, '—')} | "
+              f"{fmt(v['auroc'])} | {fmt(v['ssim'])} |" for p, v in points.items()]
+    lines += ["", "Spearman's ρ of the per-point means: " + ", ".join(
+        f"{k.removeprefix('spearman_')} {v:+.2f}" for k, v in trend.items() if k.startswith("spearman"))]
+    return "\n".join(lines) + "\n"
+
+
+def figure(points: dict[str, dict], title: str):
+    """The paper-style figure: accuracy drop, AUROC drop and FV-SSIM over depth × width (means over seeds)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    archs, widths = "ABCD", sorted({int(p[1:]) for p in points})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, title in zip(axes, ("drop", "auroc", "ssim"), ("test-accuracy drop (points)",
-                                                                 "AUROC drop of unit 3 for 'cat'", "SSIM(FV, target) after")):
+    for ax, key, name in zip(axes, ("drop", "auroc", "ssim"), ("test-accuracy drop (points)",
+                                                               "AUROC drop of unit 3 for 'cat'", "SSIM(FV, target) after")):
         grid = np.full((len(archs), len(widths)), np.nan)
-        for r in rows:
-            grid[archs.index(r["arch"]), widths.index(r["width"])] = {
-                "drop": r["acc_drop_points"], "auroc": r["auroc"]["before"] - r["auroc"]["after"],
-                "ssim": r["ssim"]["after"]}[key]
+        for p, v in points.items():
+            grid[archs.index(p[0]), widths.index(int(p[1:]))] = v[key][0]
         ax.imshow(grid, cmap="viridis")
-        for (i, j), v in np.ndenumerate(grid):
+        for (i, j), value in np.ndenumerate(grid):
             paper = PAPER_DROP.get(f"{archs[i]}{widths[j]}") if key == "drop" else None
-            ax.text(j, i, f"{v:.2f}" + (f"\n(paper {paper})" if paper else ""), ha="center", va="center",
+            ax.text(j, i, f"{value:.2f}" + (f"\n(paper {paper})" if paper else ""), ha="center", va="center",
                     color="w", fontsize=7)
         ax.set(xticks=range(len(widths)), xticklabels=widths, yticks=range(len(archs)), yticklabels=list(archs),
-               xlabel="width", ylabel="depth (VGG configuration)", title=title)
-    budget = rows[0]["budget"]
-    fig.suptitle(f"VGG depth × width on CIFAR-10, budget {budget} (training / slingshot epochs; paper 30/50), "
-                 f"seed {rows[0]['seed']}, {headers[0]['device'] if headers else ''}")
+               xlabel="width", ylabel="depth (VGG configuration)", title=name)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(into / "grid.png", dpi=110)
-    thumbs = image_grid(torch.from_numpy(fvs[:, 0]), nrow=len(widths), titles=[r["point"] for r in rows])
-    thumbs.savefig(into / "fvs_after.png", dpi=110)
+    return fig
+
+
+def summarize(files: list[str], into: Path) -> dict:
+    """Write grid.json, fvs.npz, trend.json, table.md, grid.png and fvs_after.png for the rows of `files`."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from gsmu.base.plots import image_grid
+    headers, rows = load_rows(files)
+    into.mkdir(parents=True, exist_ok=True)
+    fvs = np.stack([np.asarray(r.pop("fvs_after"), dtype=np.float32) for r in rows])
+    np.savez_compressed(into / "fvs.npz", points=[r["point"] for r in rows], seeds=[r["seed"] for r in rows],
+                        fvs=np.round(255 * fvs.clip(0, 1)).astype(np.uint8))
+    (into / "grid.json").write_text(json.dumps({"headers": headers, "rows": rows}, indent=1) + "\n")
+    points = per_point(rows)
+    trend = spearman_trend(points)
+    (into / "trend.json").write_text(json.dumps(trend, indent=1) + "\n")
+    (into / "table.md").write_text(table(points, trend))
+    seeds = sorted({r["seed"] for r in rows})
+    title = (f"VGG depth × width on CIFAR-10, budget {rows[0]['budget']} (training / slingshot epochs; paper 30/50), "
+             f"seeds {seeds}, {headers[0]['device'] if headers else ''}")
+    figure(points, title).savefig(into / "grid.png", dpi=110)
+    first = [i for i, r in enumerate(rows) if r["seed"] == seeds[0]]
+    image_grid(torch.from_numpy(fvs[first, 0]), nrow=len({int(p[1:]) for p in points}),
+               titles=[rows[i]["point"] for i in first]).savefig(into / "fvs_after.png", dpi=110)
     plt.close("all")
     return trend
 

@@ -29,8 +29,8 @@ def test_estimate_grows_with_the_budget():
     assert estimates[0] == pytest.approx(30 * 782 * 0.005 + 50 * 782 * 0.02 + 51 / 2 + 4)
 
 
-def row(point: str, drop: float, ssim_after: float) -> dict:
-    return {"point": point, "arch": point[0], "width": int(point[1:]), "budget": "2/1", "seed": 0,
+def row(point: str, drop: float, ssim_after: float, seed: int = 0, budget: str = "2/1") -> dict:
+    return {"point": point, "arch": point[0], "width": int(point[1:]), "budget": budget, "seed": seed,
             "accuracy": {"before": 0.7, "after": 0.7 - drop / 100}, "auroc": {"before": 0.9, "after": 0.8},
             "ssim": {"before": 0.0, "after": ssim_after}, "acc_drop_points": drop, "best_step": 782,
             "seconds": {"train": 1.0, "slingshot": 2.0, "evaluate": 0.5},
@@ -39,18 +39,26 @@ def row(point: str, drop: float, ssim_after: float) -> dict:
 
 def test_summary_of_a_grid_whose_damage_falls_with_width(tmp_path):
     points = ["A8", "A16", "B8", "B16"]
-    lines = [{"header": {"device": "cpu"}}] + [row(p, 40 / int(p[1:]) + (p[0] == "B"), int(p[1:]) / 16)
-                                                for p in points]
+    # two seeds per point: drops d ± 1 (mean d, sd sqrt(2)), FV-SSIM width/16
+    lines = [{"header": {"device": "cpu"}}] + [row(p, 40 / int(p[1:]) + (p[0] == "B") + (1 if s else -1),
+                                                   int(p[1:]) / 16, seed=s) for s in (0, 1) for p in points]
     source = tmp_path / "g.jsonl"
     source.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     trend = grid.summarize([str(source)], tmp_path / "out")
-    # by hand: width ranks (1.5, 3.5, 1.5, 3.5), drop ranks (3, 1, 4, 2) -> Pearson of the ranks = -2/sqrt(5)
+    # by hand, on the means: width ranks (1.5, 3.5, 1.5, 3.5), drop ranks (3, 1, 4, 2) -> -2/sqrt(5)
     assert trend["spearman_acc_drop_vs_width"] == pytest.approx(-2 / np.sqrt(5))
-    assert trend["spearman_ssim_after_vs_width"] > 0 and trend["points"] == 4
+    assert trend["spearman_ssim_after_vs_width"] > 0 and trend["points"] == 4 and trend["seeds_per_point"] == [2]
     saved = json.loads((tmp_path / "out" / "grid.json").read_text())
-    assert [r["point"] for r in saved["rows"]] == points and "fvs_after" not in saved["rows"][0]
+    assert [r["point"] for r in saved["rows"]][:2] == ["A8", "A8"] and "fvs_after" not in saved["rows"][0]
     fvs = np.load(tmp_path / "out" / "fvs.npz")
-    assert fvs["fvs"].shape == (4, 8, 3, 2, 2) and fvs["fvs"][1].max() == 255  # A16: SSIM 1 -> pixel 1.0
-    table = (tmp_path / "out" / "table.md").read_text().splitlines()
-    assert len([t for t in table if t.startswith("| A") or t.startswith("| B")]) == 4
-    assert (tmp_path / "out" / "grid.png").stat().st_size > 0
+    assert fvs["fvs"].shape == (8, 8, 3, 2, 2) and fvs["fvs"][2].max() == 255  # A16: SSIM 1 -> pixel 1.0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| A8 | 2 | 70.00 ± 0.00 | 5.00 ± 1.41 | 50.8 |" in table
+    assert (tmp_path / "out" / "grid.png").stat().st_size > 0 and (tmp_path / "out" / "fvs_after.png").exists()
+
+
+def test_summary_refuses_rows_of_mixed_budgets(tmp_path):
+    source = tmp_path / "g.jsonl"
+    source.write_text(json.dumps(row("A8", 1, 0.5)) + "\n" + json.dumps(row("A16", 1, 0.5, budget="4/2")) + "\n")
+    with pytest.raises(ValueError, match="one budget"):
+        grid.summarize([str(source)], tmp_path / "out")
