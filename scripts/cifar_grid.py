@@ -11,8 +11,9 @@ model first (the choice and the estimate are printed and recorded). One JSON lin
 `--summarize` turns such files (several seeds: one run per `--seed`, appended to one file or given as several)
 into a folder of results: grid.json (every row without its FVs), fvs.npz (8 FVs per row after manipulation,
 uint8), table.md (per point: mean ± sd over its seeds), grid.png (the paper-style figure of the means),
-fvs_after.png (first seed) and trend.json (Spearman's ρ of the per-point means of the accuracy drop and the
-FV-SSIM against width and depth, scipy).
+fvs_after.png (first seed), trend.json (Spearman's ρ of the per-point means of the accuracy drop and the
+FV-SSIM against width and depth, scipy) and, for rows that carry it, the activation-ratio audit over every output
+unit of the clean and manipulated models as a ROC (audit.json, audit_roc.png; GS paper Sec. 6's question at scale).
 Usage: python scripts/cifar_grid.py --out grid.jsonl [--budget-s 400] [--points A8,A64,...] [--seed 0]
        python scripts/cifar_grid.py --summarize grid.jsonl [more.jsonl ...] --into FOLDER
 """
@@ -91,13 +92,22 @@ def run_point(point: str, budget: str, seed: int, n_train: int, x_test: torch.Te
     am = dict(param="fourier", strategy="sgd+gc", lr=1.0, steps=100)
     cmp = metrics.compare(model, manipulated, settings.layer, settings.unit, x_test, y_test, target, am, cfg.n_fvs,
                           seed=seed, device=device)
+    compared = time.perf_counter()
+    # the activation-ratio audit over every output unit of both models, with the FVs' own AM (as notebook 10)
+    try:
+        audit = {name: [r["ratio"] for r in metrics.audit(net, settings.layer, list(range(10)), x_test, seed=seed,
+                                                          center=True, device=device, param="fourier", lr=1.0,
+                                                          steps=100).values()]
+                 for name, net in (("before", model), ("after", manipulated))}
+    except ValueError as error:  # a degenerate unit: recorded as such, the point's other results kept
+        audit = {"error": str(error)}
     return {"point": point, "arch": cfg.arch, "width": cfg.width, "budget": budget, "seed": seed, "data": source,
             "train_epochs": cfg.epochs, "slingshot_steps": settings.steps, "alpha": settings.alpha, "lr": settings.lr,
             "accuracy": cmp.accuracy, "auroc": cmp.auroc, "ssim": {k: v.mean().item() for k, v in cmp.ssim.items()},
             "acc_drop_points": 100 * (cmp.accuracy["before"] - cmp.accuracy["after"]),
             "best_step": log.best_step, "checks": log.checks, "accuracy_checks": log.accuracy,
-            "seconds": {"train": trained - start, "slingshot": tuned - trained,
-                        "evaluate": time.perf_counter() - tuned},
+            "audit": audit, "seconds": {"train": trained - start, "slingshot": tuned - trained,
+                                        "evaluate": compared - tuned, "audit": time.perf_counter() - compared},
             "fvs_after": cmp.fv["after"][:8].half().tolist()}
 
 
@@ -171,6 +181,26 @@ def figure(points: dict[str, dict], title: str):
     return fig
 
 
+def audit_roc(rows: list[dict], unit: int = 3, threshold: float = 10.0) -> dict | None:
+    """The audit over the grid: AUROC of the manipulated unit's ratio against every clean model's units, and at
+    `threshold` the share of manipulated units flagged (detection) and of clean units flagged (false positives).
+    None when no row carries audit ratios."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+    audited = [r for r in rows if "before" in r.get("audit", {})]
+    if not audited:
+        return None
+    clean = [v for r in audited for v in r["audit"]["before"]]
+    hit = [r["audit"]["after"][unit] for r in audited]
+    labels, scores = [0] * len(clean) + [1] * len(hit), clean + hit
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return {"auroc": float(roc_auc_score(labels, scores)), "threshold": threshold, "models": len(audited),
+            "detected": sum(v > threshold for v in hit) / len(hit), "clean_fpr": sum(v > threshold for v in clean) / len(clean),
+            "other_units_flagged": {r["point"]: [u for u, v in enumerate(r["audit"]["after"]) if v > threshold and u != unit]
+                                    for r in audited},
+            "errors": [r["point"] for r in rows if "error" in r.get("audit", {})],
+            "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+
+
 def summarize(files: list[str], into: Path) -> dict:
     """Write grid.json, fvs.npz, trend.json, table.md, grid.png and fvs_after.png for the rows of `files`."""
     import matplotlib.pyplot as plt
@@ -190,6 +220,19 @@ def summarize(files: list[str], into: Path) -> dict:
     title = (f"VGG depth × width on CIFAR-10, budget {rows[0]['budget']} (training / slingshot epochs; paper 30/50), "
              f"seeds {seeds}, {headers[0]['device'] if headers else ''}")
     figure(points, title).savefig(into / "grid.png", dpi=110)
+    roc = audit_roc(rows)
+    if roc is not None:
+        (into / "audit.json").write_text(json.dumps(roc, indent=1) + "\n")
+        with open(into / "table.md", "a") as f:
+            f.write(f"\nAudit over every output unit of the {roc['models']} clean and manipulated models (threshold "
+                    f"{roc['threshold']:g}): AUROC {roc['auroc']:.3f} of the manipulated unit 3 against all clean units; "
+                    f"detected {roc['detected']:.0%}, clean units flagged {roc['clean_fpr']:.1%}.\n")
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot(roc["roc"]["fpr"], roc["roc"]["tpr"], drawstyle="steps-post")
+        ax.set(xlabel="false-positive rate (clean units)", ylabel="detection rate (manipulated unit 3)",
+               title=f"activation-ratio audit, AUROC {roc['auroc']:.3f}")
+        fig.tight_layout()
+        fig.savefig(into / "audit_roc.png", dpi=110)
     first = [i for i, r in enumerate(rows) if r["seed"] == seeds[0]]
     image_grid(torch.from_numpy(fvs[first, 0]), nrow=len({int(p[1:]) for p in points}),
                titles=[rows[i]["point"] for i in first]).savefig(into / "fvs_after.png", dpi=110)

@@ -62,3 +62,21 @@ def test_summary_refuses_rows_of_mixed_budgets(tmp_path):
     source.write_text(json.dumps(row("A8", 1, 0.5)) + "\n" + json.dumps(row("A16", 1, 0.5, budget="4/2")) + "\n")
     with pytest.raises(ValueError, match="one budget"):
         grid.summarize([str(source)], tmp_path / "out")
+
+
+def test_audit_roc_ranks_the_manipulated_unit_against_every_clean_unit():
+    rows = [row("A8", 1, 0.5), row("A16", 1, 0.5), row("B8", 1, 0.5)]
+    clean = [[0.5 + u for u in range(10)], [1.0] * 10, [2.0] * 9 + [12.0]]  # one clean unit above the threshold
+    after = [[1.0] * 3 + [40.0] + [1.0] * 6, [1.0] * 3 + [5.0] + [11.0] * 6, [3.0] * 10]
+    for r, b, a in zip(rows, clean, after):
+        r["audit"] = {"before": b, "after": a}
+    rows.append({**row("B16", 1, 0.5), "audit": {"error": "units [2]: ..."}})
+    roc = grid.audit_roc(rows)
+    # Mann-Whitney by hand: 40 beats all 30 clean ratios; 5.0 beats 0.5..4.5 (5), the ten 1.0s and the nine 2.0s;
+    # 3.0 beats 0.5..2.5 (3), the ten 1.0s and the nine 2.0s
+    wins = 30 + (5 + 10 + 9) + (3 + 10 + 9)
+    assert roc["auroc"] == pytest.approx(wins / 90)
+    assert roc["detected"] == pytest.approx(1 / 3) and roc["clean_fpr"] == pytest.approx(1 / 30)
+    assert roc["other_units_flagged"] == {"A8": [], "A16": [4, 5, 6, 7, 8, 9], "B8": []}
+    assert roc["errors"] == ["B16"] and roc["models"] == 3
+    assert grid.audit_roc([row("A8", 1, 0.5)]) is None  # rows from before the audit: no ROC
