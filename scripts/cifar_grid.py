@@ -201,6 +201,29 @@ def audit_roc(rows: list[dict], unit: int = 3, threshold: float = 10.0) -> dict 
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
 
 
+def audit_figure(rows: list[dict], roc: dict, unit: int = 3):
+    """Left: every unit's audit ratio per model (clean, manipulated unit, the manipulated model's other units) with
+    the threshold; right: the ROC of the manipulated unit against the clean units."""
+    import matplotlib.pyplot as plt
+    audited = [r for r in rows if "before" in r.get("audit", {})]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1))
+    for i, r in enumerate(audited):
+        after = r["audit"]["after"]
+        left.scatter([i - 0.2] * 10, r["audit"]["before"], c="tab:blue", s=12, label="clean model, every unit" if not i else None)
+        left.scatter([i + 0.2] * 9, [v for u, v in enumerate(after) if u != unit], c="tab:gray", s=12,
+                     label="manipulated model, other units" if not i else None)
+        left.scatter([i + 0.2], [after[unit]], c="tab:red", marker="*", s=80, label=f"manipulated unit {unit}" if not i else None)
+    left.axhline(roc["threshold"], color="k", ls="--", lw=0.8, label=f"threshold {roc['threshold']:g}")
+    left.set(yscale="log", xticks=range(len(audited)), xticklabels=[r["point"] for r in audited],
+             ylabel="FV activation / natural top-9 (from the median)", title="activation-ratio audit per model")
+    left.legend(fontsize=7)
+    right.plot(roc["roc"]["fpr"], roc["roc"]["tpr"], drawstyle="steps-post")
+    right.set(xlabel="false-positive rate (clean units)", ylabel=f"detection rate (manipulated unit {unit})",
+              title=f"ROC, AUROC {roc['auroc']:.3f}")
+    fig.tight_layout()
+    return fig
+
+
 def summarize(files: list[str], into: Path) -> dict:
     """Write grid.json, fvs.npz, trend.json, table.md, grid.png and fvs_after.png for the rows of `files`."""
     import matplotlib.pyplot as plt
@@ -227,12 +250,7 @@ def summarize(files: list[str], into: Path) -> dict:
             f.write(f"\nAudit over every output unit of the {roc['models']} clean and manipulated models (threshold "
                     f"{roc['threshold']:g}): AUROC {roc['auroc']:.3f} of the manipulated unit 3 against all clean units; "
                     f"detected {roc['detected']:.0%}, clean units flagged {roc['clean_fpr']:.1%}.\n")
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.plot(roc["roc"]["fpr"], roc["roc"]["tpr"], drawstyle="steps-post")
-        ax.set(xlabel="false-positive rate (clean units)", ylabel="detection rate (manipulated unit 3)",
-               title=f"activation-ratio audit, AUROC {roc['auroc']:.3f}")
-        fig.tight_layout()
-        fig.savefig(into / "audit_roc.png", dpi=110)
+        audit_figure(rows, roc).savefig(into / "audit_roc.png", dpi=110)
     first = [i for i, r in enumerate(rows) if r["seed"] == seeds[0]]
     image_grid(torch.from_numpy(fvs[first, 0]), nrow=len({int(p[1:]) for p in points}),
                titles=[rows[i]["point"] for i in first]).savefig(into / "fvs_after.png", dpi=110)

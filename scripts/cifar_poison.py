@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def summarize(files: list[str], into: Path) -> str:
     for m, p in paper.items():
         ax.plot([p], [methods.index(m)], "r|", ms=18, mew=2, label="paper" if m == "first-order" else None)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel="% of the poisoning gap restored (test; mean ± sd over seeds)", title=lines[0][:110])
+    ax.set(xlabel="% of the poisoning gap restored (test; mean ± sd over seeds)")
+    ax.set_title(textwrap.fill(lines[0], 100), fontsize=9)
     ax.invert_yaxis()
     ax.legend()
     fig.tight_layout()

@@ -79,4 +79,6 @@ def test_audit_roc_ranks_the_manipulated_unit_against_every_clean_unit():
     assert roc["detected"] == pytest.approx(1 / 3) and roc["clean_fpr"] == pytest.approx(1 / 30)
     assert roc["other_units_flagged"] == {"A8": [], "A16": [4, 5, 6, 7, 8, 9], "B8": []}
     assert roc["errors"] == ["B16"] and roc["models"] == 3
+    fig = grid.audit_figure(rows, roc)  # one column of dots per audited model, and the ROC
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["A8", "A16", "B8"] and len(fig.axes) == 2
     assert grid.audit_roc([row("A8", 1, 0.5)]) is None  # rows from before the audit: no ROC
