@@ -190,3 +190,37 @@ def test_profiles_hold_the_cnn_recipe():
     assert LabelPoisoning.for_profile("quick", epochs=1).recipe["epochs"] == 1
     with pytest.raises(ValueError, match="no setting"):
         LabelPoisoning.for_profile("quick", epoch=1)
+
+
+def test_nystrom_preconditioned_head_update_reaches_the_plain_cg_solution_in_fewer_iterations(mnist_small):
+    # Oracle: plain CG run to a tight tolerance. The preconditioner changes the path, never the solution.
+    x, y = mnist_small
+    torch.manual_seed(0)
+    sc = _scenario(x.double(), y, models.MnistCNN().double())
+    gn = dict(curvature="gauss-newton", hessian_rows=150, seed=0)
+    lam = poison.curvature_scale(sc, subset="head", hessian_rows=150, seed=0)
+    d = 1e-3 * lam
+    plain, plain_row = poison.run_method(sc, "second-order", subset="head", damping=d, tol=1e-10, max_iter=3000, **gn)
+    runs = [poison.run_method(sc, "second-order", subset="head", damping=dd, tol=1e-10, max_iter=3000,
+                              preconditioner_rank=40, **gn) for dd in (d, 10 * d)]
+    (pcg, pcg_row), (_, second_row) = runs
+    head = lambda m: torch.cat([p.reshape(-1) for n, p in m.named_parameters() if n.startswith(("fc3", "out"))])  # noqa: E731
+    base = head(sc.poisoned)
+    step_plain, step_pcg = head(plain) - base, head(pcg) - base
+    assert (step_pcg - step_plain).norm() <= 1e-6 * step_plain.norm()
+    assert pcg_row["iterations"] < plain_row["iterations"] / 2
+    # the sketch is built once (40 HVPs over the 150 rows) and reused at the next damping
+    assert pcg_row["preconditioner_hvp_evals"] == 40 * 150 and second_row["preconditioner_hvp_evals"] == 0
+
+
+def test_nystrom_with_damping_is_the_sketch_rebuilt_at_that_damping():
+    torch.manual_seed(0)
+    a = torch.randn(30, 30, dtype=torch.float64)
+    h = a @ a.T
+    from gsmu.mu.curvature import Nystrom
+    built = Nystrom(h, 30, 8, damping=0.5, generator=torch.Generator().manual_seed(1))
+    moved = Nystrom(h, 30, 8, damping=2.0, generator=torch.Generator().manual_seed(1)).with_damping(0.5)
+    r = torch.randn(30, dtype=torch.float64)
+    assert torch.equal(built(r), moved(r))
+    with pytest.raises(ValueError, match="damping"):
+        built.with_damping(-1.0)

@@ -22,6 +22,7 @@ amortize the one-off cost.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -406,6 +407,14 @@ class Nystrom:
         self.hvps = rank
         self.hvp_evals = (h.evals - evals_before) if isinstance(h, Curvature) else 0
         self.seconds = time.perf_counter() - start
+
+    def with_damping(self, damping: float) -> "Nystrom":
+        """The same sketch as a preconditioner for H + `damping`·I (the sketch U, Λ̂ does not depend on the
+        damping, so a damping sweep pays for it once)."""
+        _check_damping(damping)
+        other = copy.copy(self)
+        other.damping = damping
+        return other
 
     def __call__(self, r: Tensor) -> Tensor:
         if r.shape != (self.dim,):
