@@ -280,14 +280,14 @@ def _update(scenario: Scenario, method: str, subset: str, device: torch.device,
                                  num_classes=NUM_CLASSES)
     if method != "fine-tuning":  # the features are small: one chunk per Hessian-vector product
         options = {"batch_size": len(feats), **options}
-    if "preconditioner_rank" in options:
-        options = _preconditioned(scenario, subset, head, feats, options)
-    sketch = options.pop("_sketch", None)
+    preconditioned, built = "preconditioner_rank" in options, None  # built: the sketch, if this update made it
+    if preconditioned:
+        options, built = _preconditioned(scenario, subset, head, feats, options)
     start = time.perf_counter() - body_seconds
     new_head, record = _unlearn(head, request, (feats, scenario.y_poisoned), method, device, options)
-    if sketch is not None:  # the one-off cost of the preconditioner, at the update that built it
-        record["preconditioner_hvp_evals"] = sketch[0].hvp_evals if sketch[1] else 0
-        record["preconditioner_seconds"] = sketch[0].seconds if sketch[1] else 0.0
+    if preconditioned:  # the sketch's one-off cost, at the update that built it
+        record["preconditioner_hvp_evals"] = built.hvp_evals if built else 0
+        record["preconditioner_seconds"] = built.seconds if built else 0.0
     model = copy.deepcopy(scenario.poisoned)
     unexpected = model.load_state_dict(new_head.state_dict(), strict=False).unexpected_keys
     assert not unexpected, f"head parameters {unexpected} do not match the model"
@@ -297,11 +297,13 @@ def _update(scenario: Scenario, method: str, subset: str, device: torch.device,
     return model, record
 
 
-def _preconditioned(scenario: Scenario, subset: str, head: nn.Module, feats: Tensor, options: dict) -> dict:
+def _preconditioned(scenario: Scenario, subset: str, head: nn.Module, feats: Tensor,
+                    options: dict) -> tuple[dict, Nystrom | None]:
     """Second-order options with CG preconditioned by a rank-r Nyström sketch of the head's H (`gsmu.mu.curvature`),
     sketched once per scenario, subset, curvature, subsample and seed and reused by every later update (a damping
     sweep, the other budgets' repairs): the amortized curvature for CNN heads. The sketch's one-off HVPs are
-    reported apart (`preconditioner_hvp_evals`, counted at the first update only), not in the per-update passes."""
+    reported apart (`preconditioner_hvp_evals`, counted at the first update only), not in the per-update passes.
+    Returns the options and the sketch when this call built it (None when it was reused)."""
     options = dict(options)
     rank, seed = options.pop("preconditioner_rank"), options.get("seed", 0)
     kind, rows = options.get("curvature", "exact"), options.get("hessian_rows")
@@ -315,8 +317,7 @@ def _preconditioned(scenario: Scenario, subset: str, head: nn.Module, feats: Ten
     damping = options.pop("damping", 0.0)
     options["solver"] = CG(damping=damping, tol=options.pop("tol", 1e-6), max_iter=options.pop("max_iter", 200),
                            preconditioner=sketch.with_damping(damping))
-    options["_sketch"] = (sketch, fresh)
-    return options
+    return options, sketch if fresh else None
 
 
 HEAD_PREFIXES = {"head": {models.MnistCNN: ["fc3", "out"], models.VGG: ["classifier"],
