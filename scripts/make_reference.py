@@ -1,7 +1,7 @@
 """Derive the test's reference bands from a multi-seed run of the main job.
 
 Usage: .venv/bin/python scripts/make_reference.py [results/quick/summary.json] [tests/reference/quick.json]
-                                                  [--extra=LABEL=CLAIMS.json ...]
+                                                  [--extra=LABEL=CLAIMS.json ...] [--merge]
 
 `--extra` adds the claims of a test run under other arithmetic (e.g. `ATEN_CPU_CAPABILITY=default`, seed 0:
 the `claims/*.json` of its `$REPRO_RESULTS`) as further draws: for chaotic claims another CPU's rounding
@@ -12,6 +12,10 @@ Band of each claim: a 99% prediction interval for one new draw from the seeds' d
 not move still meet another CPU's rounding). A claim that gave no number (NaN) in some seed also accepts NaN;
 one that gave none in any seed expects NaN. The test run executes seed 0 on whatever CPU it gets; a
 value outside the band means the result changed.
+
+`--merge`: the summary covers some notebooks only (e.g. `./run_all.sh --only NB`): their claims replace those
+of the same notebooks in the existing reference, every other notebook's bands stay as they were, and the run
+is listed under `updates` (notebooks, commit, hardware, date, extra runs).
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def band(values: list[float]) -> tuple[float, float, float, float]:
     return mean, sd, mean - half, mean + half
 
 
-def main(summary_path: Path, out: Path, extras: dict[str, Path]) -> None:
+def main(summary_path: Path, out: Path, extras: dict[str, Path], merge: bool = False) -> None:
     summary = json.loads(summary_path.read_text())
     extra_rows = {label: json.loads(path.read_text()) for label, path in extras.items()}
     claims = {}
@@ -57,18 +61,34 @@ def main(summary_path: Path, out: Path, extras: dict[str, Path]) -> None:
         elif finite:
             raise SystemExit(f"{c['id']}: only one finite value among {values}; run more seeds")
         claims[c["id"]] = entry
-    ref = {"profile": summary["profile"], "commit": summary["commit"], "hardware": summary.get("hardware"),
-           "extra_runs": sorted(extras),
-           "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "band": "mean ± t(0.995, n-1)·sd·sqrt(1 + 1/n) + 0.02·max|value| + 1e-6", "claims": claims}
+    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if merge:
+        ref = json.loads(out.read_text())
+        if ref["profile"] != summary["profile"]:
+            raise SystemExit(f"--merge: {summary_path} is profile {summary['profile']!r}, {out} {ref['profile']!r}")
+        notebooks = sorted({c["notebook"] for c in claims.values()})
+        merged: dict = {}
+        for k, v in ref["claims"].items():  # the file's order (notebook by notebook), new claims in place of old
+            if v["notebook"] not in notebooks:
+                merged[k] = v
+            elif not any(c["notebook"] == v["notebook"] for c in merged.values()):
+                merged.update({i: c for i, c in claims.items() if c["notebook"] == v["notebook"]})
+        ref["claims"] = {**merged, **claims}  # notebooks new to the reference go last
+        ref.setdefault("updates", []).append({"notebooks": notebooks, "commit": summary["commit"],
+                                              "hardware": summary.get("hardware"), "made": made,
+                                              "extra_runs": sorted(extras)})
+    else:
+        ref = {"profile": summary["profile"], "commit": summary["commit"], "hardware": summary.get("hardware"),
+               "extra_runs": sorted(extras), "made": made,
+               "band": "mean ± t(0.995, n-1)·sd·sqrt(1 + 1/n) + 0.02·max|value| + 1e-6", "claims": claims}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(ref, indent=1) + "\n")
     print(f"{len(claims)} claims -> {out}")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--extra")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     extras = dict(a[len("--extra="):].rsplit("=", 1) for a in sys.argv[1:] if a.startswith("--extra="))
     main(Path(args[0]) if args else ROOT / "results" / "quick" / "summary.json",
          Path(args[1]) if len(args) > 1 else ROOT / "tests" / "reference" / "quick.json",
-         {label: Path(path) for label, path in extras.items()})
+         {label: Path(path) for label, path in extras.items()}, merge="--merge" in sys.argv[1:])

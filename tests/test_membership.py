@@ -193,6 +193,43 @@ def test_lira_fitted_once_scores_several_models_as_separate_runs(lira_setup):
     assert attack.attack(target).auc > attack.attack(never).auc
 
 
+@pytest.fixture(scope="module")
+def offline_setup():
+    # Shadows on draws from the population alone; candidates 60 a side (the AUC's standard error ≈ 0.053).
+    population, members, nonmembers = _rows(200, 60, seed=16), _rows(60, 60, seed=17), _rows(60, 60, seed=18)
+    shadows = [_train(population[0][idx], population[1][idx])
+               for idx in (torch.randperm(200, generator=torch.Generator().manual_seed(k))[:60] for k in range(6))]
+    return population, members, nonmembers, shadows
+
+
+def test_offline_lira_scores_each_candidate_by_its_z_score_against_the_shadows(offline_setup):
+    population, members, nonmembers, shadows = offline_setup
+    target = _fit(torch.cat([members[0], population[0][:20]]), torch.cat([members[1], population[1][:20]]))
+    x, y = torch.cat([members[0], nonmembers[0]]), torch.cat([members[1], nonmembers[1]])
+
+    def phi(model):  # independent: the label's probability, logit-scaled
+        p = torch.sigmoid(model(x).detach().reshape(-1))
+        p = torch.where(y == 1, p, 1 - p).clamp(1e-12, 1 - 1e-12)
+        return torch.log(p / (1 - p)).numpy()
+    out = np.stack([phi(m) for m in shadows])
+    z = (phi(target) - out.mean(0)) / out.std(0, ddof=1)
+    result = Lira.offline(shadows, members, nonmembers).attack(target)
+    assert result.auc == pytest.approx(_pair_auc(z[:60], z[60:]), abs=1e-12)
+    assert result.auc > 0.6  # the target was trained on the members: about 3.4 standard errors above chance
+
+
+def test_offline_lira_on_a_model_trained_without_the_candidates_is_near_chance(offline_setup):
+    population, members, nonmembers, shadows = offline_setup
+    never = _fit(population[0][100:], population[1][100:])
+    assert abs(Lira.offline(shadows, members, nonmembers).attack(never).auc - 0.5) < 0.16  # 3 standard errors
+
+
+def test_offline_lira_needs_two_shadows(offline_setup):
+    _, members, nonmembers, shadows = offline_setup
+    with pytest.raises(ValueError, match="at least 2 shadow"):
+        Lira.offline(shadows[:1], members, nonmembers)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Unlearning audit
 

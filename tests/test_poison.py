@@ -211,6 +211,10 @@ def test_nystrom_preconditioned_head_update_reaches_the_plain_cg_solution_in_few
     assert pcg_row["iterations"] < plain_row["iterations"] / 2
     # the sketch is built once (40 HVPs over the 150 rows) and reused at the next damping
     assert pcg_row["preconditioner_hvp_evals"] == 40 * 150 and second_row["preconditioner_hvp_evals"] == 0
+    # its one-off passes: 6000 per-example HVPs (two passes each) over the head's share of the MACs
+    share = poison.subset_share(sc.poisoned, "head", sc.x)
+    assert pcg_row["preconditioner_passes"] == pytest.approx(40 * 150 * 2.0 * share)
+    assert second_row["preconditioner_passes"] == 0
 
 
 def test_nystrom_with_damping_is_the_sketch_rebuilt_at_that_damping():
@@ -224,3 +228,30 @@ def test_nystrom_with_damping_is_the_sketch_rebuilt_at_that_damping():
     assert torch.equal(built(r), moved(r))
     with pytest.raises(ValueError, match="damping"):
         built.with_damping(-1.0)
+
+
+
+def test_lira_shadows_train_like_the_poisoned_model_without_any_flipped_row(mnist_small, monkeypatch):
+    # The shadows' data is captured instead of trained on: offline LiRA is only valid if no shadow saw a candidate.
+    x, y = mnist_small
+    sc = _scenario(x, y, models.MnistCNN())
+    seen = []
+    monkeypatch.setattr(poison, "train_cnn", lambda dataset, xs, ys, *, recipe, seed, device: seen.append(
+        (xs, ys, recipe, seed)) or nn.Identity())
+    shadows = poison.lira_shadows(sc, 3, seed=5)
+    assert len(shadows) == len(seen) == 3
+    split_x, split_y = poison.load_split("mnist", "train")
+    index = {img.numpy().tobytes(): i for i, img in enumerate(split_x)}  # image -> its row in the split
+    flipped = {img.numpy().tobytes() for img in sc.x[sc.rows]}
+    for xs, ys, recipe, _ in seen:
+        assert len(xs) == len(sc.x) and recipe == sc.recipe
+        assert not flipped & {img.numpy().tobytes() for img in xs}  # no candidate in a shadow's data
+        truth = split_y[[index[img.numpy().tobytes()] for img in xs]]
+        assert abs(float((ys != truth).float().mean()) - sc.budget) < 0.02  # flipped at the target's budget
+        assert torch.equal(ys[ys != truth], 9 - truth[ys != truth])
+    first = [(xs, ys, s) for xs, ys, _, s in seen]
+    seen.clear()
+    poison.lira_shadows(sc, 3, seed=5)  # the same seed draws the same shadows
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[3] for a, b in zip(first, seen))
+    with pytest.raises(ValueError, match="n_shadow"):
+        poison.lira_shadows(sc, 1, seed=0)

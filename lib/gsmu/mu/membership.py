@@ -7,8 +7,9 @@ a membership-inference attack scores the forgotten rows against held-out rows, o
 and once on the model retrained without those rows, and an update that leaves the attack above the
 retrained model's level has not unlearned. Two attacks: the loss-threshold attack of Yeom et al. (2018,
 "Privacy Risk in Machine Learning", score = −loss, made threshold-free by reading the whole ROC curve) and
-an online Likelihood-Ratio Attack (LiRA, Carlini et al. 2022, "Membership Inference Attacks From First
-Principles") small enough for convex models that train in well under a second. Every attack reports its
+the Likelihood-Ratio Attack (LiRA, Carlini et al. 2022, "Membership Inference Attacks From First
+Principles"), online (shadows trained with and without each candidate; for convex models that train in well
+under a second) or offline (shadows without the candidates only, e.g. CNNs trained once per target). Every attack reports its
 ROC AUC and its TPR at low FPRs (`AttackResult`), the figures Carlini et al. argue matter.
 """
 from __future__ import annotations
@@ -230,7 +231,10 @@ def _gaussian_scores(phi: np.ndarray, keep: np.ndarray, target: np.ndarray) -> n
     def log_normal(value: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         return -0.5 * ((value - mean) / std) ** 2 - np.log(std) - 0.5 * math.log(2 * math.pi)
 
-    (mu_in, sd_in), (mu_out, sd_out) = fit(keep), fit(~keep)
+    (mu_out, sd_out) = fit(~keep)
+    if not keep.any():  # offline LiRA: a one-sided test against the OUT Gaussian alone (Carlini et al. 2022, §VI-C)
+        return (target - mu_out) / sd_out  # monotone in its p-value, so the ROC is the same
+    mu_in, sd_in = fit(keep)
     return log_normal(target, mu_in, sd_in) - log_normal(target, mu_out, sd_out)
 
 
@@ -282,9 +286,28 @@ class Lira:
             phi[k] = _logit_confidence(shadow, cand_x, cand_y)
         return cls(phi, keep, (cand_x, cand_y), len(candidates_in[0]), fprs)
 
+    @classmethod
+    def offline(cls, shadows: Sequence[nn.Module], candidates_in: Batch, candidates_out: Batch, *,
+                fprs: Sequence[float] = DEFAULT_FPRS) -> "Lira":
+        """Offline LiRA from shadow models the caller trained on data holding none of the candidates (e.g. draws
+        from the target's training distribution): each candidate's OUT Gaussian only, and a one-sided test.
+        Weaker than online LiRA, but the shadows need not be retrained when the candidates change, and they can
+        mimic the target's training set exactly (its size, its share of poisoned labels)."""
+        candidates_in = _check_batch("candidates_in", candidates_in)
+        candidates_out = _check_batch("candidates_out", candidates_out)
+        if len(shadows) < 2:
+            raise ValueError(f"offline LiRA needs at least 2 shadow models for a Gaussian per candidate; got "
+                             f"{len(shadows)}.")
+        fprs = _check_fprs(fprs)
+        cand_x = torch.cat([candidates_in[0], candidates_out[0].to(candidates_in[0].dtype)])
+        cand_y = torch.cat([candidates_in[1], candidates_out[1].to(candidates_in[1].dtype)])
+        phi = np.stack([_logit_confidence(shadow, cand_x, cand_y) for shadow in shadows])
+        return cls(phi, np.zeros_like(phi, dtype=bool), (cand_x, cand_y), len(candidates_in[0]), fprs)
+
     def attack(self, target_model: nn.Module) -> AttackResult:
         """Score each candidate by the log-likelihood ratio of `target_model`'s φ under Gaussians fitted to
-        its IN and OUT values over the shadow models; members are `candidates_in`."""
+        its IN and OUT values over the shadow models (offline: its z-score against the OUT values); members
+        are `candidates_in`."""
         scores = _gaussian_scores(self.phi, self.keep, _logit_confidence(target_model, *self.candidates))
         return roc_summary(scores[:self.n_in], scores[self.n_in:], self.fprs)
 

@@ -160,6 +160,29 @@ def make_scenario(dataset: str, budget: float, *, n_train: int, profile: str = "
                     (x_val[:n_val], y_val[:n_val]), recipe, seed, *models_)
 
 
+def lira_shadows(scenario: Scenario, n_shadow: int, *, seed: int,
+                 device: str | torch.device | None = None) -> list[nn.Module]:
+    """Shadow CNNs for offline LiRA (`gsmu.mu.membership.Lira.offline`) on the scenario's flipped rows: each is
+    trained like the poisoned model (its recipe, as many images, the same budget of flips) on a draw from the
+    training split without the flipped rows — so no shadow sees a candidate (the flipped rows; the held-out
+    candidates come from the test split). Cached like every CNN here; seeded by `seed`."""
+    check_range("n_shadow", n_shadow, 2, 1000)
+    x, y = load_split(scenario.dataset, "train")
+    outside = torch.ones(len(x), dtype=torch.bool)
+    outside[scenario.rows] = False  # rows index the first n_train images of the same split
+    pool = outside.nonzero().reshape(-1)
+    size = min(len(scenario.x), len(pool))
+    gen = torch.Generator().manual_seed(seed)
+    shadows = []
+    for _ in range(n_shadow):
+        pick = pool[torch.randperm(len(pool), generator=gen)[:size]]
+        labels, _ = flip_labels(y[pick], scenario.budget, generator=gen)
+        shadow_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        shadows.append(train_cnn(scenario.dataset, x[pick], labels, recipe=scenario.recipe, seed=shadow_seed,
+                                 device=device))
+    return shadows
+
+
 def objective() -> Objective:
     """Summed cross-entropy without an L2 term: the CNNs are trained without weight decay, so the damping
     of the second-order solvers is the only regularization of H."""
@@ -287,6 +310,8 @@ def _update(scenario: Scenario, method: str, subset: str, device: torch.device,
     new_head, record = _unlearn(head, request, (feats, scenario.y_poisoned), method, device, options)
     if preconditioned:  # the sketch's one-off cost, at the update that built it
         record["preconditioner_hvp_evals"] = built.hvp_evals if built else 0
+        record["preconditioner_passes"] = cost.passes(hvps=record["preconditioner_hvp_evals"],
+                                                      share=subset_share(scenario.poisoned, subset, scenario.x))
         record["preconditioner_seconds"] = built.seconds if built else 0.0
     model = copy.deepcopy(scenario.poisoned)
     unexpected = model.load_state_dict(new_head.state_dict(), strict=False).unexpected_keys
@@ -302,7 +327,8 @@ def _preconditioned(scenario: Scenario, subset: str, head: nn.Module, feats: Ten
     """Second-order options with CG preconditioned by a rank-r Nyström sketch of the head's H (`gsmu.mu.curvature`),
     sketched once per scenario, subset, curvature, subsample and seed and reused by every later update (a damping
     sweep, the other budgets' repairs): the amortized curvature for CNN heads. The sketch's one-off HVPs are
-    reported apart (`preconditioner_hvp_evals`, counted at the first update only), not in the per-update passes.
+    reported apart (`preconditioner_hvp_evals`, `preconditioner_passes`, `preconditioner_seconds`, counted at the
+    first update only), not in the per-update passes.
     Returns the options and the sketch when this call built it (None when it was reused)."""
     options = dict(options)
     rank, seed = options.pop("preconditioner_rank"), options.get("seed", 0)
@@ -390,7 +416,8 @@ def _row(scenario: Scenario, scorer, record: dict, label: str, subset: str, opti
             "val_accuracy": scorer(*scenario.val), "restored": scenario.restored(acc),
             "grad_evals": record["grad_evals"], "passes": record["passes"], "seconds": record["seconds"],
             **_solver_stats(record),
-            **{k: record[k] for k in ("preconditioner_hvp_evals", "preconditioner_seconds") if k in record},
+            **{k: record[k] for k in ("preconditioner_hvp_evals", "preconditioner_passes", "preconditioner_seconds")
+               if k in record},
             **{k: v for k, v in options.items() if isinstance(v, (int, float, str))}}
 
 

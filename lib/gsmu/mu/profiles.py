@@ -55,6 +55,7 @@ class LabelPoisoning(Experiment):
     # assume) and cut the seed spread of the poisoning gap to ±0.05 points in a prototype here.
     schedule: str = "linear"
     timing_repeats: int = 3  # repeats of the timed calls (median wall time, one thread)
+    lira_shadows: int = 8  # offline LiRA's shadow CNNs (each trained like the poisoned model) for the membership check
     # CIFAR-10 (authors' CNN). Out of the repr, so that the printed (Fashion-)MNIST settings read as before.
     cifar_n_train: int = field(default=2000, repr=False)  # training images (the first n of the 40k split)
     # shares of each class flipped; of the authors' 50,000 images 0.05/0.1/0.2 are their 2,500/5,000/10,000 flips
