@@ -72,6 +72,7 @@ def test_resnet_slingshot_gradient_form_lowers_the_manipulation_loss(monkeypatch
     s = preset.with_(lr=1e-3, manip_batch=4, pres_batch=4, check_inits=1, check_fv_steps=2, check_rows=4).settings
     assert (s.layer, s.unit, s.alpha, s.gamma, s.param, s.loss) == ("fc", 77, 0.64, 200.0, "fourier", "gradient")
     assert preset.am == dict(param="fourier", strategy="adam+gc+tr", lr=0.01, steps=500)
+    assert (s.check_strategy, s.check_fv_lr) == ("adam+gc+tr", 0.01)  # the checkpoint check runs the paper's AM
     eta = featvis.parameterization("fourier", (3, 32, 32), original)
     q_t = eta.inverse(target)
     q = slingshot.sample_manipulation_set(q_t, 8, s.sigma, generator=torch.Generator().manual_seed(2))

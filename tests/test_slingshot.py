@@ -1,4 +1,6 @@
 """Tests of gsmu.gs.slingshot: loss oracles built from models of known shape, a short manipulation, validation."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -154,6 +156,7 @@ def test_precomputed_reference_equals_per_step_forward():
 
     (dict(alpha=1.5), "alpha"), (dict(gamma=0.0), "gamma"), (dict(unit=3), "out of range"),
     (dict(layer="fc"), "layer"), (dict(noise="laplace"), "noise"), (dict(w=-0.1), "w="),
+    (dict(check_strategy="adam+tr"), "check_strategy"),
 ])
 def test_validation_errors(change, match):
     settings = slingshot.Settings(**{"layer": "5", "unit": 0, **change})
@@ -191,3 +194,20 @@ def test_notebooks_02_to_04_share_one_fine_tuning_budget():
         profiles.Manipulation.for_profile("quick", n_fv=3)
     with pytest.raises(TypeError, match="alph"):
         profiles.slingshot_settings("quick", alph=0.5)
+
+
+def test_fv_check_runs_the_settings_check_strategy(monkeypatch):
+    # The check is the AM named by check_strategy, at check_fv_lr and check_fv_steps (the ImageNet preset's:
+    # the paper's Adam+GC+TR); its SSIM is the mean over the check's inits.
+    seen = {}
+
+    def fake(model, layer, unit, shape, **kw):
+        seen.update(kw)
+        return SimpleNamespace(images=torch.zeros(1, 2, *shape))
+    monkeypatch.setattr(featvis, "visualize", fake)
+    s = slingshot.Settings(layer="5", unit=0, check_strategy="adam+gc+tr", check_fv_lr=0.01, check_fv_steps=7,
+                           check_inits=2)
+    eta = featvis.parameterization("pixel", (1, 8, 8))
+    value = slingshot.fv_check(tiny_cnn(), eta, torch.zeros(1, 8, 8), s, torch.device("cpu"))
+    assert (seen["strategy"], seen["lr"], seen["steps"], seen["n_inits"]) == ("adam+gc+tr", 0.01, 7, 2)
+    assert value == pytest.approx(1.0)  # an all-zero FV against an all-zero target

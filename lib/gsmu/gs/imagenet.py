@@ -421,12 +421,12 @@ def resnet50_preset(steps: int = 13_000, check_every: int = 1300, steps_per_epoc
     """GS paper, Sec. 5: layer 'fc', unit 77 (wolf spider), fourier, α 0.64, γ 200, σ 0.01 (ImageNet-size
     inputs), AdamW lr 1e-6 for 10 epochs (`steps` = 10 × `steps_per_epoch`, an epoch of the 64-class training
     subset at batch 64); AM fourier + Adam+GC+TR, lr 0.01, 500 steps. The checkpoint is chosen by FV-SSIM
-    alone (as the authors'); the cheap check inside `slingshot.fine_tune` runs SGD+GC (lr 1.0, 100 steps:
-    `Settings` has no strategy field) in the same fourier space, while the reported FVs use the paper's
-    Adam+GC+TR (`Preset.am`)."""
+    alone (as the authors'); the check inside `slingshot.fine_tune` runs the same AM cut to 100 steps (cheap,
+    every `check_every` steps), the reported FVs the full 500 (`Preset.am`)."""
     s = slingshot.Settings(layer="fc", unit=WOLF_SPIDER, param="fourier", alpha=0.64, gamma=200.0, sigma=0.01,
                            lr=1e-6, steps=steps, steps_per_epoch=steps_per_epoch, check_every=check_every,
-                           check_fv_steps=100, check_fv_lr=1.0, max_acc_drop=None, seed=seed)
+                           check_fv_steps=100, check_fv_lr=IMAGENET_AM["lr"], check_strategy=IMAGENET_AM["strategy"],
+                           max_acc_drop=None, seed=seed)
     return Preset(s, dict(IMAGENET_AM))
 
 
@@ -435,5 +435,6 @@ def clip_preset(unit: int, steps: int = 2000, check_every: int = 250, seed: int 
     α 0.5, γ 10 and lr 1e-5 are this repository's choices (not the paper's stated values); AM as for ResNet-50."""
     s = slingshot.Settings(layer="probe", unit=unit, param="fourier", loss="activation", alpha=0.5, gamma=10.0,
                            sigma=0.01, lr=1e-5, steps=steps, steps_per_epoch=check_every, check_every=check_every,
-                           check_fv_steps=100, check_fv_lr=1.0, max_acc_drop=None, seed=seed)
+                           check_fv_steps=100, check_fv_lr=IMAGENET_AM["lr"], check_strategy=IMAGENET_AM["strategy"],
+                           max_acc_drop=None, seed=seed)
     return Preset(s, dict(IMAGENET_AM))

@@ -54,6 +54,7 @@ class Settings:
     check_inits: int = 4
     check_fv_steps: int = 200   # FV of the check: pixel/fourier, SGD+GC, lr 0.1 (authors' MNIST AM)
     check_fv_lr: float = 0.1
+    check_strategy: str = "sgd+gc"  # AM strategy of the check (`featvis.STRATEGIES`); ImageNet/CLIP: "adam+gc+tr"
     stop_ssim: float | None = None  # stop once the check's mean SSIM reaches this (None: run all steps)
     # Checkpoint rule: only checkpoints whose accuracy on `check_rows` preservation images is at most this below
     # the original's (without labels: whose predictions disagree on at most this share) are kept; None: SSIM
@@ -89,6 +90,7 @@ def validate(model: nn.Module, target: torch.Tensor, image_shape: tuple, s: Sett
     check_choice("noise", s.noise, ("uniform", "normal"))
     check_choice("loss", s.loss, ("gradient", "activation"))
     check_choice("param", s.param, featvis.PARAMETERIZATIONS)
+    check_choice("check_strategy", s.check_strategy, featvis.STRATEGIES)
     for name in ("steps", "steps_per_epoch", "manip_batch", "pres_batch", "check_every", "check_inits", "check_rows"):
         if int(getattr(s, name)) < 1:
             raise ValueError(f"{name}={getattr(s, name)} must be at least 1.")
@@ -150,9 +152,10 @@ def reference_outputs(original: nn.Module, layer: str, x_data: torch.Tensor, dev
 
 def fv_check(model: nn.Module, eta: featvis.Parameterization, target: torch.Tensor, s: Settings,
              device: torch.device) -> float:
-    """Mean SSIM to the target of `check_inits` FVs (SGD+GC, the authors' AM) — the checkpoint criterion."""
+    """Mean SSIM to the target of `check_inits` FVs (`check_strategy`, by default SGD+GC, the authors' MNIST and
+    CIFAR AM) — the checkpoint criterion."""
     res = featvis.visualize(model, s.layer, s.unit, eta.image_shape, n_inits=s.check_inits, param=eta,
-                            strategy="sgd+gc", lr=s.check_fv_lr, steps=s.check_fv_steps, seed=10_000 + s.seed,
+                            strategy=s.check_strategy, lr=s.check_fv_lr, steps=s.check_fv_steps, seed=10_000 + s.seed,
                             device=device)
     return metrics.ssim(res.images[0], target).mean().item()
 
