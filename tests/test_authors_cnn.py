@@ -101,7 +101,7 @@ def test_tiny_cifar10_pipeline_runs_end_to_end(monkeypatch, tmp_path):
 
 def test_profiles_select_the_cifar10_recipe_and_leave_mnist_as_it_was():
     quick, paper = LabelPoisoning.for_profile("quick"), LabelPoisoning.for_profile("paper")
-    # The (Fashion-)MNIST settings print as before the CIFAR-10 settings existed, plus the membership check's LiRA shadows.
+    # The (Fashion-)MNIST settings print as before the CIFAR-10 settings existed (plus the LiRA shadows).
     assert repr(quick) == ("LabelPoisoning(n_train=6000, budgets=(0.4,), whole_rows=250, whole_iterations=20, "
                            "epochs=3, batch_size=128, lr=0.001, optimizer='adam', schedule='linear', timing_repeats=3, "
                            "lira_shadows=8)")
