@@ -71,7 +71,7 @@ def main(summary_path: Path, out: Path, extras: dict[str, Path], merge: bool = F
         for k, v in ref["claims"].items():  # the file's order (notebook by notebook), new claims in place of old
             if v["notebook"] not in notebooks:
                 merged[k] = v
-            elif not any(c["notebook"] == v["notebook"] for c in merged.values()):
+            else:  # the notebook's new claims, where its first old claim stood (re-setting keys keeps their place)
                 merged.update({i: c for i, c in claims.items() if c["notebook"] == v["notebook"]})
         ref["claims"] = {**merged, **claims}  # notebooks new to the reference go last
         ref.setdefault("updates", []).append({"notebooks": notebooks, "commit": summary["commit"],

@@ -302,3 +302,9 @@ def test_attacks_reject_bad_inputs():
         audit_unlearning(model, model, (x, y[:9]), (x, y))
     with pytest.raises(ValueError, match="tolerance"):
         audit_unlearning(model, model, (x, y), (x, y), tolerance=-0.1)
+
+
+def test_offline_lira_refuses_candidates_of_different_shapes(offline_setup):
+    _, members, nonmembers, shadows = offline_setup
+    with pytest.raises(ValueError, match="candidates_out rows have shape"):
+        Lira.offline(shadows, members, (nonmembers[0][:, :5], nonmembers[1]))

@@ -9,8 +9,8 @@ retrained model's level has not unlearned. Two attacks: the loss-threshold attac
 "Privacy Risk in Machine Learning", score = −loss, made threshold-free by reading the whole ROC curve) and
 the Likelihood-Ratio Attack (LiRA, Carlini et al. 2022, "Membership Inference Attacks From First
 Principles"), online (shadows trained with and without each candidate; for convex models that train in well
-under a second) or offline (shadows without the candidates only, e.g. CNNs trained once per target). Every attack reports its
-ROC AUC and its TPR at low FPRs (`AttackResult`), the figures Carlini et al. argue matter.
+under a second) or offline (shadows without the candidates only, e.g. CNNs trained once per target). Every
+attack reports its ROC AUC and its TPR at low FPRs (`AttackResult`), the figures Carlini et al. argue matter.
 """
 from __future__ import annotations
 
@@ -238,6 +238,15 @@ def _gaussian_scores(phi: np.ndarray, keep: np.ndarray, target: np.ndarray) -> n
     return log_normal(target, mu_in, sd_in) - log_normal(target, mu_out, sd_out)
 
 
+def _pooled(candidates_in: Batch, candidates_out: Batch) -> Batch:
+    """LiRA's candidates: `candidates_in` (the members) followed by `candidates_out`, in the former's dtypes."""
+    if tuple(candidates_in[0].shape[1:]) != tuple(candidates_out[0].shape[1:]):
+        raise ValueError(f"candidates_out rows have shape {tuple(candidates_out[0].shape[1:])}; candidates_in rows "
+                         f"have {tuple(candidates_in[0].shape[1:])}.")
+    return (torch.cat([candidates_in[0], candidates_out[0].to(candidates_in[0].dtype)]),
+            torch.cat([candidates_in[1], candidates_out[1].to(candidates_in[1].dtype)]))
+
+
 @dataclass
 class Lira:
     """Online LiRA (Carlini et al. 2022) with its shadow models trained once: `Lira.fit(...)` trains them and
@@ -270,8 +279,7 @@ class Lira:
         if len(population[0]) < 2:
             raise ValueError("population needs at least 2 rows: each shadow model trains on half of it.")
 
-        cand_x = torch.cat([candidates_in[0], candidates_out[0].to(candidates_in[0].dtype)])
-        cand_y = torch.cat([candidates_in[1], candidates_out[1].to(candidates_in[1].dtype)])
+        cand_x, cand_y = _pooled(candidates_in, candidates_out)
         rng = np.random.default_rng(seed)
         rows, keep = _shadow_design(n_shadow, len(population[0]), len(cand_x), rng)
         shadow_seeds = rng.integers(0, 2**63 - 1, size=n_shadow)
@@ -299,8 +307,7 @@ class Lira:
             raise ValueError(f"offline LiRA needs at least 2 shadow models for a Gaussian per candidate; got "
                              f"{len(shadows)}.")
         fprs = _check_fprs(fprs)
-        cand_x = torch.cat([candidates_in[0], candidates_out[0].to(candidates_in[0].dtype)])
-        cand_y = torch.cat([candidates_in[1], candidates_out[1].to(candidates_in[1].dtype)])
+        cand_x, cand_y = _pooled(candidates_in, candidates_out)
         phi = np.stack([_logit_confidence(shadow, cand_x, cand_y) for shadow in shadows])
         return cls(phi, np.zeros_like(phi, dtype=bool), (cand_x, cand_y), len(candidates_in[0]), fprs)
 

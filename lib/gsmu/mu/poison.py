@@ -383,11 +383,11 @@ def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: s
     the "last" layer only. `options` go to the method: `unlearn.first_order` (tau, steps),
     `unlearn.second_order` (hessian, curvature, solver, damping, max_iter, hessian_rows, lissa_scale,
     lissa_iterations, step, steps, seed; on a head, `preconditioner_rank=r` runs CG preconditioned by a
-    rank-r Nyström sketch of H, built once per scenario and reused), `unlearn.fine_tune` (lr, epochs, batch_size, seed). "sisa" needs
-    the ensemble of `sisa_ensemble` (modified in place); "retraining" takes `cached=True` to reuse the clean
-    model (it is what retraining produces) instead of training again. Returns the repaired model (None for SISA) and a
-    row with test and validation accuracy, percent restored, gradient evaluations, seconds and solver
-    statistics.
+    rank-r Nyström sketch of H, built once per scenario and reused), `unlearn.fine_tune` (lr, epochs,
+    batch_size, seed). "sisa" needs the ensemble of `sisa_ensemble` (modified in place); "retraining" takes
+    `cached=True` to reuse the clean model (it is what retraining produces) instead of training again. Returns
+    the repaired model (None for SISA) and a row with test and validation accuracy, percent restored, gradient
+    evaluations, seconds and solver statistics.
     """
     check_choice("method", method, METHODS)
     check_choice("subset", subset, SUBSETS)
