@@ -19,9 +19,9 @@ is listed under `updates` (notebooks, commit, hardware, date, extra runs).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -86,9 +86,25 @@ def main(summary_path: Path, out: Path, extras: dict[str, Path], merge: bool = F
     print(f"{len(claims)} claims -> {out}")
 
 
+def _extra(text: str) -> tuple[str, Path]:
+    """`LABEL=CLAIMS.json` of `--extra`, the file checked to exist."""
+    label, sep, path = text.rpartition("=")
+    if not sep or not label or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"--extra wants LABEL=CLAIMS.json with an existing file, got {text!r}")
+    return label, Path(path)
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    extras = dict(a[len("--extra="):].rsplit("=", 1) for a in sys.argv[1:] if a.startswith("--extra="))
-    main(Path(args[0]) if args else ROOT / "results" / "quick" / "summary.json",
-         Path(args[1]) if len(args) > 1 else ROOT / "tests" / "reference" / "quick.json",
-         {label: Path(path) for label, path in extras.items()}, merge="--merge" in sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("summary", nargs="?", type=Path, default=ROOT / "results" / "quick" / "summary.json",
+                        help="summary.json of a multi-seed run of the main job")
+    parser.add_argument("reference", nargs="?", type=Path, default=ROOT / "tests" / "reference" / "quick.json",
+                        help="the reference file to write")
+    parser.add_argument("--extra", type=_extra, action="append", default=[], metavar="LABEL=CLAIMS.json",
+                        help="claims of a test run under other arithmetic, as further draws (repeatable)")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the summary's notebooks' claims in the existing reference")
+    args = parser.parse_args()
+    if not args.summary.is_file():
+        parser.error(f"no summary at {args.summary}: run ./run_all.sh first, or name the summary.json")
+    main(args.summary, args.reference, dict(args.extra), merge=args.merge)

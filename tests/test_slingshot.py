@@ -190,6 +190,11 @@ def test_notebooks_02_to_04_share_one_fine_tuning_budget():
     assert sweep.settings("quick", 0.05, seed=1).steps == sweep.small_alpha_steps < budget.steps
     assert profiles.AlphaSweep.for_profile("paper").settings("paper", 0.05).steps == paper.steps
     assert all(cls.grid(p)["seed"] == [0, 1, 2] for cls in profiles.NOTEBOOKS.values() for p in ("quick", "paper"))
+    assert len(sweep.alphas) >= 5 and sweep.ends == (0.05, 0.8)  # the issue's five points; the claims' two ends
+    with pytest.raises(ValueError, match=r"alphas must lie in \[0, 1\]"):
+        profiles.AlphaSweep.for_profile("quick", alphas=(0.05, 1.5))
+    with pytest.raises(ValueError, match="ends"):
+        profiles.AlphaSweep.for_profile("quick", ends=(0.3, 0.8))
     with pytest.raises(ValueError, match="n_fv"):
         profiles.Manipulation.for_profile("quick", n_fv=3)
     with pytest.raises(TypeError, match="alph"):
