@@ -288,6 +288,17 @@ def test_plan_orders_notebooks_and_applies_the_grid(tmp_path):
     assert runner.find_notebooks(tmp_path, "02") == books[1:]
 
 
+def test_claims_split_by_setting_but_not_by_a_splitting_parameter(tmp_path):
+    """A swept setting (alpha) keeps its claims apart; notebook 03's only_alpha (one α per job, filling the cache
+    for the whole-sweep job, `AlphaSweep.SPLITS`) does not rename the claims of the job that records them."""
+    book = tmp_path / "03_slingshot_alpha.ipynb"
+    shutil.copy(BOOK, book)
+    jobs = runner.plan([book], "paper", tmp_path / "r", {"seed": [0], "alpha": [0.5, 0.8]}, "c", "d")
+    assert len(jobs) == 22 and runner._varying(book.stem, jobs) == ["alpha"]  # only_alpha: 11 values, not varying
+    assert runner._claim_id_suffix(jobs[0], ["alpha"]) == ".alpha_0_5"
+    assert runner._varying("99_other", jobs) == ["only_alpha", "alpha"]  # no SPLITS there: a setting like any other
+
+
 def test_parse_grid():
     assert runner.parse_grid(["seed=0,1,2", "alpha=0.5", "fail=true,False", "name=vgg,None"]) == \
         {"seed": [0, 1, 2], "alpha": [0.5], "fail": [True, False], "name": ["vgg", None]}

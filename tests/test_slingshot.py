@@ -195,6 +195,13 @@ def test_notebooks_02_to_04_share_one_fine_tuning_budget():
         profiles.AlphaSweep.for_profile("quick", alphas=(0.05, 1.5))
     with pytest.raises(ValueError, match="ends"):
         profiles.AlphaSweep.for_profile("quick", ends=(0.3, 0.8))
+    # the paper grid: a whole-sweep job per seed plus one job per α; only_alpha picks one swept α or refuses
+    paper_sweep = profiles.AlphaSweep.for_profile("paper")
+    assert profiles.AlphaSweep.grid("paper")["only_alpha"] == [None, *paper_sweep.alphas]
+    assert "only_alpha" not in profiles.AlphaSweep.grid("quick")
+    assert sweep.points() == sweep.alphas and sweep.points(0.2) == (0.2,)
+    with pytest.raises(ValueError, match="only_alpha=0.3 is not one of the swept"):
+        sweep.points(0.3)
     with pytest.raises(ValueError, match="n_fv"):
         profiles.Manipulation.for_profile("quick", n_fv=3)
     with pytest.raises(TypeError, match="alph"):

@@ -14,6 +14,11 @@ def grid(notebook: str, profile: str) -> dict[str, list]:
     return cls.grid(profile)
 
 
+def splits(notebook: str) -> tuple[str, ...]:
+    """Grid parameters of `notebook` that spread one result's work over jobs (they do not split claim ids)."""
+    return NOTEBOOKS.get(notebook, Experiment).SPLITS
+
+
 def critical_path(notebooks: list[str], profile: str) -> dict[str, float]:
     """Seconds of work that must follow the start of each notebook's job: its own `SECONDS` plus the longest
     chain of notebooks that `NEEDS` it. The main job starts the longest chains first (critical-path order)."""

@@ -317,6 +317,15 @@ def _versions() -> dict:
     return out
 
 
+def _varying(stem: str, group: list[Job]) -> list[str]:
+    """The parameters whose values differ between `stem`'s jobs, besides profile, seed and the notebook's
+    `SPLITS` (which only spread one result's work over jobs): each value of these is a setting of its own."""
+    from .experiments import splits
+    fixed = {"profile", "seed", *splits(stem)}
+    return [n for n in group[0].parameters if n not in fixed
+            and len({json.dumps(j.parameters[n], default=str) for j in group}) > 1]
+
+
 def _claim_id_suffix(job: Job, varying: list[str]) -> str:
     """For grids that sweep more than seeds: '.alpha_0_5' so claims of different settings stay apart."""
     parts = []
@@ -335,8 +344,7 @@ def build_summary(results: Path, jobs: list[Job], profile: str, commit: str, sta
     for job in jobs:
         by_notebook.setdefault(job.stem, []).append(job)
     for stem, group in by_notebook.items():
-        varying = [n for n in group[0].parameters if n not in ("profile", "seed")
-                   and len({json.dumps(j.parameters[n], default=str) for j in group}) > 1]
+        varying = _varying(stem, group)
         for job in group:
             info = read_job(job.out)
             row = {"notebook": stem, "key": job.key, "parameters": job.parameters, "status": "incomplete",

@@ -6,6 +6,7 @@ rejecting unknown names. `GRID` lists the parameter values the main job sweeps f
 profile (seeds at least: every paper claim comes from several seeds); each combination is one job.
 `SECONDS` (a job's rough one-thread duration per profile) and `NEEDS` (the notebooks whose cached models it
 loads) let the main job start the longest chains of work first, so the workers do not idle at the end.
+`SPLITS` names grid parameters that only spread one result's work over jobs.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class Experiment:
     GRID: ClassVar[dict[str, dict[str, list]]] = {"quick": {"seed": [0, 1, 2]}, "paper": {"seed": [0, 1, 2]}}
     SECONDS: ClassVar[dict[str, float]] = {"quick": 60.0, "paper": 600.0}  # one job, one thread, roughly
     NEEDS: ClassVar[tuple[str, ...]] = ()  # notebooks (file stems) that train the models this one loads
+    # Grid parameters that split one result's work over several jobs (e.g. one α each, filling the cache for the
+    # job that records the claims) instead of naming another setting: they do not split the claims' ids.
+    SPLITS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def for_profile(cls, profile: str, **overrides: Any) -> "Experiment":
