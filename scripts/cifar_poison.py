@@ -72,12 +72,12 @@ def repair(sc: poison.Scenario, cfg: LabelPoisoning, seed: int, sisa: bool, devi
 
 def run_seed(seed: int, cfg: LabelPoisoning, budget: float, sisa: bool, device: torch.device) -> dict:
     seed_everything(seed)
-    recipe = cfg.recipe_for("cifar10")
     start = time.perf_counter()
-    sc = poison.make_scenario("cifar10", budget, n_train=cfg.cifar_n_train, recipe=recipe, seed=seed, device=device)
+    sc = poison.make_scenario("cifar10", budget, n_train=cfg.n_train, n_test=cfg.n_test, recipe=cfg.recipe,
+                              sizes=dict(cfg.model_sizes), seed=seed, device=device)
     trained = time.perf_counter()
     rows = repair(sc, cfg, seed, sisa, device)
-    return {"seed": seed, "budget": budget, "n_train": cfg.cifar_n_train, "flips": len(sc.rows), "recipe": recipe,
+    return {"seed": seed, "budget": budget, "n_train": cfg.n_train, "flips": len(sc.rows), "recipe": cfg.recipe,
             "clean_acc": sc.clean_acc, "poisoned_acc": sc.poisoned_acc, "rows": rows,
             "seconds": {"train_both": trained - start, "repair": time.perf_counter() - trained}}
 
@@ -151,8 +151,10 @@ def main() -> None:
         parser.error("--out is required (or --summarize)")
     if not 0 < args.budget < 0.5:
         parser.error(f"--budget {args.budget} must lie in (0, 0.5): at 0.5 the flipped pairs are ambiguous")
-    cfg = LabelPoisoning.for_profile("paper", cifar_n_train=args.n_train, cifar_epochs=args.epochs,
-                                     whole_rows=args.whole_rows, whole_iterations=args.whole_iterations)
+    cfg = LabelPoisoning.for_profile("paper").for_dataset("cifar10", n_train=args.n_train, epochs=args.epochs,
+                                                          budgets=(args.budget,), main_budget=args.budget,
+                                                          whole_rows=args.whole_rows,
+                                                          whole_iterations=args.whole_iterations)
     device = get_device(args.device)
     header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "n_train": args.n_train, "epochs": args.epochs, "budget": args.budget,

@@ -4,7 +4,7 @@ Usage: .venv/bin/python scripts/make_reference.py [results/quick/summary.json] [
                                                   [--extra=LABEL=CLAIMS.json ...] [--merge]
 
 `--extra` adds the claims of a test run under other arithmetic (e.g. `ATEN_CPU_CAPABILITY=default`, seed 0:
-the `claims/*.json` of its `$REPRO_RESULTS`) as further draws: for chaotic claims another CPU's rounding
+a file or the whole `claims/` folder of its `$REPRO_RESULTS`) as further draws: for chaotic claims another CPU's rounding
 moves the result as much as another seed does, or more, and the seeds alone would underestimate that.
 
 Band of each claim: a 99% prediction interval for one new draw from the seeds' distribution,
@@ -41,7 +41,7 @@ def band(values: list[float]) -> tuple[float, float, float, float]:
 
 def main(summary_path: Path, out: Path, extras: dict[str, Path], merge: bool = False) -> None:
     summary = json.loads(summary_path.read_text())
-    extra_rows = {label: json.loads(path.read_text()) for label, path in extras.items()}
+    extra_rows = {label: read_claims(path) for label, path in extras.items()}
     claims = {}
     for c in summary["claims"]:
         values = list(c["ours"]["values"])
@@ -86,11 +86,19 @@ def main(summary_path: Path, out: Path, extras: dict[str, Path], merge: bool = F
     print(f"{len(claims)} claims -> {out}")
 
 
+def read_claims(path: Path) -> dict[str, dict]:
+    """Claim rows by id from one claims file, or from every `*.json` of a test run's claims folder (the notebooks'
+    claims and tests/test_claims_bands.py's grid_settings.json)."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    return {cid: row for f in files for cid, row in json.loads(f.read_text()).items()}
+
+
 def _extra(text: str) -> tuple[str, Path]:
-    """`LABEL=CLAIMS.json` of `--extra`, the file checked to exist."""
+    """`LABEL=CLAIMS` of `--extra` (a claims file or folder), checked to exist."""
     label, sep, path = text.rpartition("=")
-    if not sep or not label or not Path(path).is_file():
-        raise argparse.ArgumentTypeError(f"--extra wants LABEL=CLAIMS.json with an existing file, got {text!r}")
+    if not sep or not label or not Path(path).exists():
+        raise argparse.ArgumentTypeError(f"--extra wants LABEL=CLAIMS (a claims .json or a claims folder) that "
+                                         f"exists, got {text!r}")
     return label, Path(path)
 
 
@@ -100,8 +108,9 @@ if __name__ == "__main__":
                         help="summary.json of a multi-seed run of the main job")
     parser.add_argument("reference", nargs="?", type=Path, default=ROOT / "tests" / "reference" / "quick.json",
                         help="the reference file to write")
-    parser.add_argument("--extra", type=_extra, action="append", default=[], metavar="LABEL=CLAIMS.json",
-                        help="claims of a test run under other arithmetic, as further draws (repeatable)")
+    parser.add_argument("--extra", type=_extra, action="append", default=[], metavar="LABEL=CLAIMS",
+                        help="claims (a .json or the claims/ folder) of a test run under other arithmetic, as "
+                             "further draws (repeatable)")
     parser.add_argument("--merge", action="store_true",
                         help="replace only the summary's notebooks' claims in the existing reference")
     args = parser.parse_args()

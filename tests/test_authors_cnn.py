@@ -1,6 +1,7 @@
 """Tests of the MU authors' CIFAR-10 CNN (`gsmu.base.models.AuthorsCifarCNN`, MU paper §6.3) and of its use in
 the label-poisoning repair of `gsmu.mu.poison`. Oracles: a parameter count from the authors' layer list,
 the same update computed on the full model with a parameter subset, and runs of the whole pipeline."""
+import dataclasses
 import functools
 import math
 
@@ -57,7 +58,7 @@ def _small_scenario():
     model.eval()
     y_bad, rows = poison.flip_labels(y, 0.2, generator=generator)
     return poison.Scenario("cifar10", 0.2, x, y, y_bad, rows, (x, y), (x, y),
-                           LabelPoisoning.for_profile("quick").recipe_for("cifar10"), 0, model, model)
+                           LabelPoisoning.for_profile("quick").for_dataset("cifar10").recipe, 0, model, model)
 
 
 @pytest.mark.parametrize("method, options", [
@@ -83,11 +84,12 @@ def test_tiny_cifar10_pipeline_runs_end_to_end(monkeypatch, tmp_path):
     monkeypatch.setattr(cifar, "shuffled", functools.lru_cache(cifar.shuffled))
     split = poison.load_split
     monkeypatch.setattr(poison, "load_split", lambda dataset, part: tuple(t[:256] for t in split(dataset, part)))
-    monkeypatch.setattr(poison, "build_model", lambda dataset: models.authors_cifar_cnn(channels=4, dense=32))
     monkeypatch.setattr(train, "cache_dir", lambda kind: tmp_path / kind)
-    recipe = {**LabelPoisoning.for_profile("quick").recipe_for("cifar10"), "epochs": 1}
-    sc = poison.make_scenario("cifar10", 0.2, n_train=200, n_val=100, seed=0, recipe=recipe, device="cpu")
+    recipe = {**LabelPoisoning.for_profile("quick").for_dataset("cifar10").recipe, "epochs": 1}
+    sc = poison.make_scenario("cifar10", 0.2, n_train=200, n_val=100, seed=0, recipe=recipe, device="cpu",
+                              sizes={"channels": 4, "dense": 32})
     assert isinstance(sc.poisoned, models.AuthorsCifarCNN) and len(sc.rows) > 0
+    assert sc.poisoned.fc.out_features == 32 == sc.build().fc.out_features  # the sizes reach every network
     runs = [("first-order", "all", dict(tau=1e-4)), ("first-order", "head", dict(tau=1e-3)),
             ("second-order", "head", dict(curvature="gauss-newton", damping=1.0, max_iter=20)),
             ("retraining", "all", {})]
@@ -99,15 +101,23 @@ def test_tiny_cifar10_pipeline_runs_end_to_end(monkeypatch, tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), sc.clean.state_dict().values()))
 
 
-def test_profiles_select_the_cifar10_recipe_and_leave_mnist_as_it_was():
+def test_profiles_select_the_cifar10_settings_and_leave_mnist_as_it_was():
     quick, paper = LabelPoisoning.for_profile("quick"), LabelPoisoning.for_profile("paper")
-    # The (Fashion-)MNIST settings print as before the CIFAR-10 settings existed (plus the LiRA shadows).
-    assert repr(quick) == ("LabelPoisoning(n_train=6000, budgets=(0.4,), whole_rows=250, whole_iterations=20, "
-                           "epochs=3, batch_size=128, lr=0.001, optimizer='adam', schedule='linear', timing_repeats=3, "
-                           "lira_shadows=8)")
     for cfg in (quick, paper):
-        assert cfg.recipe_for("mnist") == cfg.recipe and cfg.n_train_for("fashion_mnist") == cfg.n_train
-        assert cfg.budgets_for("mnist") == cfg.budgets
-    assert paper.recipe_for("cifar10") == {**paper.recipe, "epochs": 100, "batch_size": 64, "lr": 1e-3}
-    assert paper.n_train_for("cifar10") == 40000 and paper.budgets_for("cifar10") == (0.05, 0.1, 0.2)
-    assert quick.n_train_for("cifar10") < paper.n_train_for("cifar10")
+        for name in ("mnist", "fashion_mnist"):
+            assert cfg.for_dataset(name) == dataclasses.replace(cfg, dataset=name)
+    cifar = paper.for_dataset("cifar10")
+    assert cifar.recipe == {**paper.recipe, "epochs": 100, "batch_size": 64, "lr": 1e-3}
+    assert (cifar.n_train, cifar.budgets, cifar.main_budget) == (40000, (0.05, 0.1, 0.2), 0.2)
+    assert dict(cifar.model_sizes) == {"channels": 128, "dense": 512}  # the authors' network at paper size
+    small = quick.for_dataset("cifar10")
+    assert small.n_train < cifar.n_train and dict(small.model_sizes)["channels"] < 128
+    assert "cifar_" not in repr(small) and "channels" in repr(small)  # the printed settings are the data set's own
+    # a notebook's budgets override the data set's; a main budget outside them is refused before any training
+    assert quick.for_dataset("cifar10", budgets=(0.2, 0.4)).budgets == (0.2, 0.4)
+    with pytest.raises(ValueError, match="main_budget=0.3 must be one of the budgets"):
+        quick.for_dataset("cifar10", main_budget=0.3)
+    with pytest.raises(ValueError, match="dataset"):
+        quick.for_dataset("svhn")
+    with pytest.raises(ValueError, match="apply to the CIFAR-10 network only"):
+        poison.build_model("mnist", channels=8)

@@ -42,3 +42,19 @@ def test_merge_replaces_one_notebooks_bands_and_keeps_the_rest(tmp_path):
     assert after["claims"]["b.1"]["values"] == [10, 11, 12]
     assert after["commit"] == "c0" and after["updates"][0]["notebooks"] == ["B"]
     assert after["updates"][0]["commit"] == "c1"
+
+
+def test_extra_draws_come_from_a_claims_file_or_a_whole_claims_folder(tmp_path):
+    """A test run leaves the notebooks' claims and the grid settings' (grid_settings.json) side by side: the folder
+    form reads both, so a CIFAR-10 claim of notebook 07 gets its extra draw like an MNIST one."""
+    summary, out = tmp_path / "s.json", tmp_path / "ref.json"
+    summary.write_text(json.dumps(_summary("N", {"n.a": [1, 2, 3], "n.a.dataset_cifar10": [4, 5, 6]}, "c")))
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "interactive.json").write_text(json.dumps({"n.a": {"value": 2.5, "seed": 0}}))
+    (claims / "grid_settings.json").write_text(json.dumps({"n.a.dataset_cifar10": {"value": 4.5, "seed": 0}}))
+    make_reference.main(summary, out, {"ATEN default": claims})
+    ref = json.loads(out.read_text())["claims"]
+    assert ref["n.a"]["values"] == [1, 2, 3, 2.5] and ref["n.a.dataset_cifar10"]["values"] == [4, 5, 6, 4.5]
+    make_reference.main(summary, out, {"ATEN default": claims / "interactive.json"})  # one file: that file only
+    assert json.loads(out.read_text())["claims"]["n.a.dataset_cifar10"]["values"] == [4, 5, 6]

@@ -250,7 +250,7 @@ def test_lira_shadows_train_like_the_poisoned_model_without_any_flipped_row(mnis
     x, y = mnist_small
     sc = _scenario(x, y, models.MnistCNN())
     seen = []
-    monkeypatch.setattr(poison, "train_cnn", lambda dataset, xs, ys, *, recipe, seed, device: seen.append(
+    monkeypatch.setattr(poison, "train_cnn", lambda dataset, xs, ys, *, recipe, seed, sizes, device: seen.append(
         (xs, ys, recipe, seed)) or nn.Identity())
     shadows = poison.lira_shadows(sc, 3, seed=5)
     assert len(shadows) == len(seen) == 3

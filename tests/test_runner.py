@@ -196,9 +196,10 @@ def test_failing_job_fails_alone_and_is_named(dask_cluster, tmp_path):
             errors = [o for c in nbformat.read(executed, 4).cells for o in c.get("outputs", [])
                       if o.get("output_type") == "error"]
             assert errors and "failing on purpose" in errors[0]["evalue"]
-    # a grid over more than seeds keeps the settings apart: one claim per value of `fail`, over the seeds
-    assert the_claim(s, "runner_test.seed_plus_one.fail_false")["ours"]["values"] == [2.0]
-    assert [c["id"] for c in s["claims"]] == ["runner_test.seed_plus_one.fail_false"]
+    # a grid over more than seeds keeps the settings apart, and the job at the notebook's default (fail=False)
+    # keeps the plain id: a setting added to a grid does not rename the default's claims
+    assert the_claim(s, "runner_test.seed_plus_one")["ours"]["values"] == [2.0]
+    assert [c["id"] for c in s["claims"]] == ["runner_test.seed_plus_one"]
 
 
 def test_worker_killed_mid_job_is_retried_on_the_other(dask_cluster, tmp_path):
@@ -295,8 +296,23 @@ def test_claims_split_by_setting_but_not_by_a_splitting_parameter(tmp_path):
     shutil.copy(BOOK, book)
     jobs = runner.plan([book], "paper", tmp_path / "r", {"seed": [0], "alpha": [0.5, 0.8]}, "c", "d")
     assert len(jobs) == 22 and runner._varying(book.stem, jobs) == ["alpha"]  # only_alpha: 11 values, not varying
-    assert runner._claim_id_suffix(jobs[0], ["alpha"]) == ".alpha_0_5"
+    assert runner.claim_id_suffix(jobs[0].parameters, ["alpha"], runner.declared_defaults(book)) == ".alpha_0_5"
     assert runner._varying("99_other", jobs) == ["only_alpha", "alpha"]  # no SPLITS there: a setting like any other
+
+
+def test_the_job_at_the_notebooks_defaults_keeps_plain_claim_ids(tmp_path):
+    """Notebook 07's quick grid adds dataset=cifar10 beside its default mnist: the mnist job's claims keep their
+    ids, the other setting's get a suffix (here with the test notebook's declared `sleep`, default 0.0)."""
+    assert runner.declared_defaults(BOOK) == {"profile": "quick", "seed": 0, "sleep": 0.0, "fail": False, "marker": ""}
+    jobs = runner.plan([BOOK], "quick", tmp_path / "r", {"seed": [0], "sleep": [0.0, 0.5], "fail": [False]}, "c", "d")
+    varying = runner._varying(BOOK.stem, jobs)
+    assert varying == ["sleep"]
+    suffixes = {j.parameters["sleep"]: runner.claim_id_suffix(j.parameters, varying, runner.declared_defaults(BOOK)) for j in jobs}
+    assert suffixes == {0.0: "", 0.5: ".sleep_0_5"}
+    # two varying parameters: plain only where every one of them is at its default
+    jobs = runner.plan([BOOK], "quick", tmp_path / "r", {"seed": [0], "sleep": [0.0, 0.5], "fail": [False, True]}, "c", "d")
+    got = sorted(runner.claim_id_suffix(j.parameters, ["sleep", "fail"], runner.declared_defaults(BOOK)) for j in jobs)
+    assert got == ["", ".sleep_0_0.fail_true", ".sleep_0_5.fail_false", ".sleep_0_5.fail_true"]
 
 
 def test_parse_grid():

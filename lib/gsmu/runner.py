@@ -108,6 +108,18 @@ def declared_parameters(book: Path) -> set[str]:
     return set(pm.inspect_notebook(str(book)))
 
 
+def declared_defaults(book: Path) -> dict[str, object]:
+    """The default values of a notebook's parameters (those written as Python literals; papermill's reading)."""
+    import papermill as pm
+    out = {}
+    for name, info in pm.inspect_notebook(str(book)).items():
+        try:
+            out[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            continue  # not a literal: it never equals a grid value
+    return out
+
+
 def data_digest() -> str:
     """SHA-256 over the pinned checksums of every data file (`gsmu.base.data.SOURCES`) and, where the data
     module names a mirror with a SHA256SUMS file, that file."""
@@ -326,11 +338,16 @@ def _varying(stem: str, group: list[Job]) -> list[str]:
             and len({json.dumps(j.parameters[n], default=str) for j in group}) > 1]
 
 
-def _claim_id_suffix(job: Job, varying: list[str]) -> str:
-    """For grids that sweep more than seeds: '.alpha_0_5' so claims of different settings stay apart."""
+def claim_id_suffix(parameters: dict, varying: list[str], defaults: dict[str, object]) -> str:
+    """For grids that sweep more than seeds: '.alpha_0_5' so claims of different settings stay apart. A job
+    at the notebook's own defaults (`defaults`, `declared_defaults`) in every varying parameter keeps the plain
+    ids: adding a setting to a grid (e.g. CIFAR-10 beside MNIST) does not rename the default's claims."""
+    if all(n in defaults and json.dumps(parameters[n], default=str) == json.dumps(defaults[n], default=str)
+           for n in varying):
+        return ""
     parts = []
     for name in varying:
-        value = "".join(c if c.isalnum() else "_" for c in str(job.parameters[name]).lower())
+        value = "".join(c if c.isalnum() else "_" for c in str(parameters[name]).lower())
         parts.append(f"{name.lower()}_{value}".strip("_"))
     return "".join(f".{p}" for p in parts)
 
@@ -345,6 +362,7 @@ def build_summary(results: Path, jobs: list[Job], profile: str, commit: str, sta
         by_notebook.setdefault(job.stem, []).append(job)
     for stem, group in by_notebook.items():
         varying = _varying(stem, group)
+        defaults = declared_defaults(group[0].notebook) if varying else {}
         for job in group:
             info = read_job(job.out)
             row = {"notebook": stem, "key": job.key, "parameters": job.parameters, "status": "incomplete",
@@ -357,7 +375,7 @@ def build_summary(results: Path, jobs: list[Job], profile: str, commit: str, sta
                 row.update(status=info["status"], seconds=info.get("seconds"), error=info.get("error"),
                            executed=str((job.out / job.notebook.name).relative_to(results)))
             if row["status"] == "passed":
-                suffix = _claim_id_suffix(job, varying)
+                suffix = claim_id_suffix(job.parameters, varying, defaults)
                 try:  # all of a job's rows or none of them
                     claims_here, metrics_here = [], []
                     for path in sorted((job.out / "claims").glob("*.json")):

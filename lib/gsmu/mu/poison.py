@@ -67,11 +67,16 @@ def load_split(dataset: str, split: str) -> tuple[Tensor, Tensor]:
     return x[part], y[part]
 
 
-def build_model(dataset: str) -> nn.Module:
+def build_model(dataset: str, **sizes: int) -> nn.Module:
     """The network the experiment poisons: the 6-layer CNN for (Fashion-)MNIST, the authors' CIFAR-10 CNN
-    (6 × 128 conv + BatchNorm, dense 512, §6.3) for CIFAR-10."""
+    (6 × 128 conv + BatchNorm, dense 512, §6.3) for CIFAR-10, or a narrower one of its shape with `sizes`
+    (`channels`, `dense`: `LabelPoisoning.model_sizes`)."""
     check_choice("dataset", dataset, DATASETS)
-    return models.authors_cifar_cnn() if dataset == "cifar10" else models.MnistCNN(dataset=dataset)
+    if dataset == "cifar10":
+        return models.authors_cifar_cnn(**sizes)
+    if sizes:
+        raise ValueError(f"sizes={sizes} apply to the CIFAR-10 network only; {dataset}'s CNN has a fixed size.")
+    return models.MnistCNN(dataset=dataset)
 
 
 def data_digest(x: Tensor, y: Tensor) -> str:
@@ -79,17 +84,18 @@ def data_digest(x: Tensor, y: Tensor) -> str:
     return train.tensor_digest(x, y)
 
 
-def train_cnn(dataset: str, x: Tensor, y: Tensor, *, recipe: dict, seed: int,
+def train_cnn(dataset: str, x: Tensor, y: Tensor, *, recipe: dict, seed: int, sizes: dict | None = None,
               device: str | torch.device | None = None, progress: bool = False) -> nn.Module:
-    """`build_model(dataset)` trained on (x, y) with `recipe` (`train.fit_classifier` arguments), cached
-    under the digest of the data, so clean, poisoned and SISA-shard models are trained once."""
-    key = {"name": f"poison_{dataset}", "data": data_digest(x, y), "seed": seed, **recipe}
+    """`build_model(dataset, **sizes)` trained on (x, y) with `recipe` (`train.fit_classifier` arguments),
+    cached under the digest of the data, so clean, poisoned and SISA-shard models are trained once."""
+    sizes = dict(sizes or {})
+    key = {"name": f"poison_{dataset}", "data": data_digest(x, y), "seed": seed, **recipe, **sizes}
     if dataset == "fashion_mnist":  # normalized by its own statistics (not MNIST's, as models cached before)
         key["normalize"] = dataset
 
     def build() -> nn.Module:
         torch.manual_seed(seed)
-        return build_model(dataset)
+        return build_model(dataset, **sizes)
 
     def fit(model: nn.Module) -> None:
         train.fit_classifier(model, x, y, seed=seed, device=device, progress=progress, **recipe)
@@ -113,6 +119,7 @@ class Scenario:
     seed: int
     clean: nn.Module
     poisoned: nn.Module
+    sizes: dict = field(default_factory=dict)  # the network's sizes (`build_model`); empty: the default network
     clean_acc: float = field(init=False)
     poisoned_acc: float = field(init=False)
     # What the frozen body feeds the head, per subset: computed once, reused by every head update (its
@@ -122,6 +129,10 @@ class Scenario:
     def __post_init__(self) -> None:
         self.clean_acc = unlearn.accuracy(self.clean, *self.test)
         self.poisoned_acc = unlearn.accuracy(self.poisoned, *self.test)
+
+    def build(self) -> nn.Module:
+        """A fresh, untrained network of the scenario's kind (`build_model(dataset, **sizes)`)."""
+        return build_model(self.dataset, **self.sizes)
 
     @property
     def request(self) -> unlearn.Request:
@@ -139,11 +150,14 @@ class Scenario:
 
 
 def make_scenario(dataset: str, budget: float, *, n_train: int, profile: str = "quick", seed: int = 0,
-                  n_val: int = 2000, device: str | torch.device | None = None,
-                  progress: bool = False, recipe: dict | None = None) -> Scenario:
+                  n_val: int = 2000, n_test: int | None = None, device: str | torch.device | None = None,
+                  progress: bool = False, recipe: dict | None = None, sizes: dict | None = None) -> Scenario:
     """The first `n_train` training images of `dataset`, a share `budget` of each class flipped (seeded),
-    and the clean and poisoned CNNs trained on them (cached) with `recipe` — by default the profile's
-    (`gsmu.mu.profiles.LabelPoisoning.recipe`)."""
+    and the clean and poisoned CNNs (`build_model(dataset, **sizes)`) trained on them (cached) with `recipe` —
+    by default the profile's (`gsmu.mu.profiles.LabelPoisoning.recipe`). Models are scored on the first `n_test`
+    test images (None: all) and `n_val` validation images."""
+    sizes = dict(sizes or {})
+    build_model(dataset, **sizes)  # a bad size fails here, before any data is loaded or a network trained
     recipe = dict(recipe) if recipe is not None else LabelPoisoning.for_profile(check_profile(profile)).recipe
     x, y = load_split(dataset, "train")
     if not (100 <= n_train <= len(x)):
@@ -153,11 +167,15 @@ def make_scenario(dataset: str, budget: float, *, n_train: int, profile: str = "
     if len(rows) == 0:
         raise ValueError(f"budget={budget} flips no label of {n_train} images; raise the budget.")
     x_val, y_val = load_split(dataset, "val")
+    x_test, y_test = load_split(dataset, "test")
+    n_test = len(x_test) if n_test is None else n_test
+    if not (100 <= n_test <= len(x_test)):
+        raise ValueError(f"n_test={n_test} must lie in [100, {len(x_test)}] (the {dataset} test images).")
     device = get_device(device)
-    models_ = [train_cnn(dataset, x, labels, recipe=recipe, seed=seed, device=device, progress=progress)
+    models_ = [train_cnn(dataset, x, labels, recipe=recipe, seed=seed, sizes=sizes, device=device, progress=progress)
                for labels in (y, y_poisoned)]
-    return Scenario(dataset, budget, x, y, y_poisoned, rows, load_split(dataset, "test"),
-                    (x_val[:n_val], y_val[:n_val]), recipe, seed, *models_)
+    return Scenario(dataset, budget, x, y, y_poisoned, rows, (x_test[:n_test], y_test[:n_test]),
+                    (x_val[:n_val], y_val[:n_val]), recipe, seed, *models_, sizes=sizes)
 
 
 def lira_shadows(scenario: Scenario, n_shadow: int, *, seed: int,
@@ -179,7 +197,7 @@ def lira_shadows(scenario: Scenario, n_shadow: int, *, seed: int,
         labels, _ = flip_labels(y[pick], scenario.budget, generator=gen)
         shadow_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         shadows.append(train_cnn(scenario.dataset, x[pick], labels, recipe=scenario.recipe, seed=shadow_seed,
-                                 device=device))
+                                 sizes=scenario.sizes, device=device))
     return shadows
 
 
@@ -208,7 +226,7 @@ def _retrain(scenario: Scenario, device: torch.device, cached: bool = False) -> 
         return scenario.clean, {"seconds": float("nan"), "grad_evals": evals, "passes": cost.passes(gradients=evals)}
     start = time.perf_counter()
     torch.manual_seed(scenario.seed)
-    model = build_model(scenario.dataset)
+    model = scenario.build()
     train.fit_classifier(model, scenario.x, scenario.y_clean, seed=scenario.seed, device=device,
                          progress=False, **scenario.recipe)
     evals = scenario.recipe["epochs"] * len(scenario.x)
@@ -224,12 +242,12 @@ def sisa_ensemble(scenario: Scenario, shards: int, device: str | torch.device | 
 
     def build() -> nn.Module:
         torch.manual_seed(scenario.seed)
-        return build_model(scenario.dataset).to(device)
+        return scenario.build().to(device)
 
     def fit(model: nn.Module, shard: tuple[Tensor, Tensor]) -> None:
         if cached[0]:
             model.load_state_dict(train_cnn(scenario.dataset, *shard, recipe=scenario.recipe,
-                                            seed=scenario.seed, device=device).state_dict())
+                                            seed=scenario.seed, sizes=scenario.sizes, device=device).state_dict())
         else:
             train.fit_classifier(model, *shard, seed=scenario.seed, device=device, progress=False,
                                  **scenario.recipe)
@@ -490,6 +508,6 @@ def retraining_seconds(scenario: Scenario, *, repeats: int = 3, device: str | to
 
     def epoch() -> None:
         torch.manual_seed(scenario.seed)
-        train.fit_classifier(build_model(scenario.dataset), scenario.x, scenario.y_clean, seed=scenario.seed,
+        train.fit_classifier(scenario.build(), scenario.x, scenario.y_clean, seed=scenario.seed,
                              device=device, progress=False, **one_epoch)
     return scenario.recipe["epochs"] * cost.median_seconds(epoch, repeats)

@@ -666,14 +666,14 @@ def fine_tune(model: nn.Module, objective: Objective, request: Request, *, lr: f
                              extra={"lr": lr, "epochs": epochs})
 
 
-def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
+def predict(model: nn.Module, x: Tensor, batch_size: int | None = None) -> Tensor:
     """Predicted labels (CPU): the sign of a single logit (binary models) or the arg-max over classes.
     Runs on the model's own device through `gsmu.base.train.predict_logits` (which sets eval mode)."""
     out = train.predict_logits(model, x, batch_size, device=device_of(model))
     return (out > 0).long() if out.ndim == 1 else out.argmax(-1)
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096) -> float:
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None) -> float:
     """Share of rows predicted correctly: `gsmu.base.train.accuracy` on the model's own device."""
     return train.accuracy(model, x, y.reshape(-1), batch_size, device=device_of(model))
 
@@ -780,7 +780,7 @@ def example_losses(model: nn.Module, objective: Objective, x: Tensor, y: Tensor)
 
 
 def _probabilities(model: nn.Module, x: Tensor) -> Tensor:
-    out = train.predict_logits(model, x, 4096, device=device_of(model))
+    out = train.predict_logits(model, x, device=device_of(model))
     return torch.sigmoid(out) if out.ndim == 1 else torch.softmax(out, -1)
 
 
