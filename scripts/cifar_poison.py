@@ -33,8 +33,6 @@ from gsmu.mu.profiles import LabelPoisoning
 PAPER = {"clean": 0.879, "poisoned": 0.738, "first-order": 21.7, "second-order": 31.9, "retraining_s": 1230,
          "second_order_s": 85}
 DAMPING_SHARES = (1e-3, 3e-3, 1e-2, 3e-2)  # dampings tried, as shares of the head's largest GN eigenvalue
-TAUS = (1e-8, 3e-8, 1e-7, 3e-7, 1e-6, 3e-6)  # first-order rates tried (one gradient difference for all)
-FINE_TUNE_LRS = (0.01, 0.03, 0.1)
 
 
 def repair(sc: poison.Scenario, cfg: LabelPoisoning, seed: int, sisa: bool, device: torch.device) -> list[dict]:
@@ -43,7 +41,7 @@ def repair(sc: poison.Scenario, cfg: LabelPoisoning, seed: int, sisa: bool, devi
     `cfg.whole_iterations` CG iterations (each of its products costs a double backward through every conv)."""
     rows_h = min(2000, len(sc.x))
     rows = []
-    first = poison.first_order_sweep(sc, list(TAUS), device=device).best()[1]
+    first = poison.first_order_sweep(sc, list(cfg.taus), device=device).best()[1]
     rows.append(first)
     rows.append(poison.run_method(sc, "first-order", label=f"first-order, {cfg.cifar_steps} steps", tau=first["tau"],
                                   steps=cfg.cifar_steps, device=device)[1])
@@ -58,7 +56,7 @@ def repair(sc: poison.Scenario, cfg: LabelPoisoning, seed: int, sisa: bool, devi
     rows.append(poison.run_method(sc, "second-order", label="second-order CG (whole model)", damping=head["damping"],
                                   device=device, **{**gn, "hessian_rows": min(cfg.whole_rows, len(sc.x)),
                                                     "max_iter": cfg.whole_iterations})[1])
-    rows.append(poison.sweep(sc, "fine-tuning", "lr", list(FINE_TUNE_LRS), seed=seed, device=device).best()[1])
+    rows.append(poison.sweep(sc, "fine-tuning", "lr", list(cfg.fine_tune_lrs), seed=seed, device=device).best()[1])
     if sisa:
         ensemble = poison.sisa_ensemble(sc, 5, device=device)
         rows.append(poison.run_method(sc, "sisa", label="SISA (5 shards)", sisa=ensemble, device=device)[1])

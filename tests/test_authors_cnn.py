@@ -119,5 +119,9 @@ def test_profiles_select_the_cifar10_settings_and_leave_mnist_as_it_was():
         quick.for_dataset("cifar10", main_budget=0.3)
     with pytest.raises(ValueError, match="dataset"):
         quick.for_dataset("svhn")
+    with pytest.raises(ValueError, match="taus must not be empty"):
+        quick.for_dataset("mnist", taus=())
+    # the narrow quick network has its own rates (the MNIST CNN's moved it by nothing, its fine-tuning rate diverged)
+    assert min(small.taus) > max(quick.taus) and max(small.fine_tune_lrs) < min(quick.fine_tune_lrs)
     with pytest.raises(ValueError, match="apply to the CIFAR-10 network only"):
         poison.build_model("mnist", channels=8)

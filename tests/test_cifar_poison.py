@@ -33,10 +33,10 @@ def test_repair_runs_every_method_with_the_authors_iterative_steps():
         "first-order", f"first-order, {cfg.cifar_steps} steps", "second-order CG (head)",
         f"second-order, {cfg.cifar_steps} steps (head)", "second-order CG (whole model)", "fine-tuning",
         "SISA (5 shards)", "retraining"]
-    assert out[1]["steps"] == cfg.cifar_steps == out[3]["steps"] and out[1]["tau"] == out[0]["tau"] in script.TAUS
+    assert out[1]["steps"] == cfg.cifar_steps == out[3]["steps"] and out[1]["tau"] == out[0]["tau"] in cfg.taus
     lam = out[0]["lambda_max_head"]
     assert any(math.isclose(out[2]["damping"], s * lam) for s in script.DAMPING_SHARES)
-    assert out[3]["damping"] == out[4]["damping"] == out[2]["damping"] and out[5]["lr"] in script.FINE_TUNE_LRS
+    assert out[3]["damping"] == out[4]["damping"] == out[2]["damping"] and out[5]["lr"] in cfg.fine_tune_lrs
     assert out[-1]["seconds"] > 0 and out[-1]["passes"] == cfg.recipe["epochs"] * len(x)  # retraining: timed, counted
 
 
