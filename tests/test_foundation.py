@@ -236,3 +236,12 @@ def test_accuracy_handles_binary_single_logit_models():
     x, y = _separable()
     assert train.accuracy(net, x, y) == 1.0
     assert train.accuracy(net, x, 1 - y) == 0.0
+
+
+def test_load_images_by_name_is_the_named_loader_and_refuses_other_names():
+    x, y = data.load_images("fashion_mnist", "test")
+    x_ref, y_ref = data.load_fashion_mnist("test")
+    assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    assert torch.equal(data.load_images("mnist", "val")[1], data.load_mnist("val")[1])
+    with pytest.raises(ValueError, match="dataset='cifar10' is not one of"):
+        data.load_images("cifar10", "train")

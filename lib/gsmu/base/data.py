@@ -210,6 +210,15 @@ def load_fashion_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
 
+IMAGE_LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist}  # the 28×28 grey-scale data sets
+
+
+def load_images(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`split` of a 28×28 grey-scale data set by name: "mnist" (`load_mnist`) or "fashion_mnist"
+    (`load_fashion_mnist`)."""
+    return IMAGE_LOADERS[check_choice("dataset", dataset, tuple(IMAGE_LOADERS))](split)
+
+
 def _torchvision_online(name: str, train: bool, offline: DataError) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision
     root = cache_dir("data") / "torchvision"

@@ -288,15 +288,14 @@ def mnist_cnn(profile: str, seed: int = 0, device: str | torch.device | None = N
     """
     recipe = MNIST_RECIPES[check_profile(profile)]
     check_int("seed", seed, 0)
-    loader = {"mnist": data.load_mnist, "fashion_mnist": data.load_fashion_mnist}[
-        check_choice("dataset", dataset, ("mnist", "fashion_mnist"))]
+    check_choice("dataset", dataset, tuple(data.IMAGE_LOADERS))
     name = "mnist_cnn" if dataset == "mnist" else f"mnist_cnn_{dataset}"
     key = {"name": name, "data": f"{dataset}:train", "seed": seed, **recipe}
     if dataset != "mnist":  # its own pixel statistics (models cached before they were used must not be reused)
         key["normalize"] = dataset
 
     def fit(model: nn.Module) -> None:
-        x, y = loader("train")
+        x, y = data.load_images(dataset, "train")
         fit_classifier(model, x, y, seed=seed, device=device, progress=progress, **recipe)
 
     def build() -> nn.Module:
