@@ -5,9 +5,10 @@ labels s → 9 − s in the first `--n-train` images of the 40k training split (
 flips; the authors flip 10,000 of 50,000), trains the clean and the poisoned CNN (`models.AuthorsCifarCNN`,
 6 × 128 conv + BatchNorm, Adam lr 1e-3 batch 64 with a linear decay, `--epochs` instead of the authors' 100),
 and repairs the poisoned one with every method of notebook 07 (`gsmu.mu.poison`): first-order (τ chosen on
-validation data) and its iterative variant, second-order Gauss-Newton CG on the head (damping chosen on
-validation data as a share of the head's largest eigenvalue) and its iterative variant with the authors'
-`LabelPoisoning.cifar_steps` steps, second-order on the whole model, fine-tuning, SISA and retraining. One
+validation data) and its iterative variant (τ chosen again), second-order Gauss-Newton CG on the head (damping
+chosen on validation data as a share of the head's largest eigenvalue) and its iterative variant, both with the
+authors' `LabelPoisoning.iterative_steps` steps, second-order on the whole model (`whole_steps` steps), fine-tuning,
+SISA and retraining. One
 JSON line per finished seed goes to `--out`, so a run stopped early keeps what it did.
 `--summarize` turns such files into a folder: rows.json, table.md (per method: mean ± sd over seeds of the
 percent restored, the accuracy and the cost in full-model pass equivalents, beside the paper's numbers) and
@@ -43,19 +44,19 @@ def repair(sc: poison.Scenario, cfg: LabelPoisoning, seed: int, sisa: bool, devi
     rows = []
     first = poison.first_order_sweep(sc, list(cfg.taus), device=device).best()[1]
     rows.append(first)
-    rows.append(poison.run_method(sc, "first-order", label=f"first-order, {cfg.cifar_steps} steps", tau=first["tau"],
-                                  steps=cfg.cifar_steps, device=device)[1])
+    rows.append(poison.sweep(sc, "first-order", "tau", list(cfg.taus), label=f"first-order, {cfg.iterative_steps} steps",
+                             steps=cfg.iterative_steps, device=device).best()[1])
     lam = poison.curvature_scale(sc, subset="head", hessian_rows=rows_h, seed=seed)
     gn = dict(curvature="gauss-newton", max_iter=50, hessian_rows=rows_h, seed=seed)
     head = poison.sweep(sc, "second-order", "damping", [s * lam for s in DAMPING_SHARES],
                         label="second-order CG (head)", subset="head", device=device, **gn).best()[1]
     rows.append(head)
-    rows.append(poison.run_method(sc, "second-order", label=f"second-order, {cfg.cifar_steps} steps (head)",
-                                  subset="head", damping=head["damping"], steps=cfg.cifar_steps, device=device,
+    rows.append(poison.run_method(sc, "second-order", label=f"second-order, {cfg.iterative_steps} steps (head)",
+                                  subset="head", damping=head["damping"], steps=cfg.iterative_steps, device=device,
                                   **gn)[1])
-    rows.append(poison.run_method(sc, "second-order", label="second-order CG (whole model)", damping=head["damping"],
-                                  device=device, **{**gn, "hessian_rows": min(cfg.whole_rows, len(sc.x)),
-                                                    "max_iter": cfg.whole_iterations})[1])
+    rows.append(poison.run_method(sc, "second-order", label=poison.whole_model_label(cfg.whole_steps),
+                                  damping=head["damping"], steps=cfg.whole_steps, device=device,
+                                  **{**gn, "hessian_rows": min(cfg.whole_rows, len(sc.x)), "max_iter": cfg.whole_iterations})[1])
     rows.append(poison.sweep(sc, "fine-tuning", "lr", list(cfg.fine_tune_lrs), seed=seed, device=device).best()[1])
     if sisa:
         ensemble = poison.sisa_ensemble(sc, 5, device=device)

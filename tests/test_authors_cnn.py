@@ -121,6 +121,13 @@ def test_profiles_select_the_cifar10_settings_and_leave_mnist_as_it_was():
         quick.for_dataset("svhn")
     with pytest.raises(ValueError, match="taus must not be empty"):
         quick.for_dataset("mnist", taus=())
+    # both orders take the authors' 10 iterative steps; the whole-model update is 1 step in quick, 10 in paper
+    assert quick.iterative_steps == paper.iterative_steps == small.iterative_steps == 10
+    assert (quick.whole_steps, paper.whole_steps) == (1, 10)
+    with pytest.raises(ValueError, match="iterative_steps=0"):
+        quick.for_dataset("cifar10", iterative_steps=0)
+    with pytest.raises(TypeError, match="whole_steps=2.5"):
+        quick.for_dataset("mnist", whole_steps=2.5)
     # the narrow quick network has its own rates (the MNIST CNN's moved it by nothing, its fine-tuning rate diverged)
     assert min(small.taus) > max(quick.taus) and max(small.fine_tune_lrs) < min(quick.fine_tune_lrs)
     with pytest.raises(ValueError, match="apply to the CIFAR-10 network only"):

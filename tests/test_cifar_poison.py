@@ -30,10 +30,11 @@ def test_repair_runs_every_method_with_the_authors_iterative_steps():
                          clean, bad)
     out = script.repair(sc, cfg, seed=0, sisa=True, device="cpu")
     assert [r["method"] for r in out] == [
-        "first-order", f"first-order, {cfg.cifar_steps} steps", "second-order CG (head)",
-        f"second-order, {cfg.cifar_steps} steps (head)", "second-order CG (whole model)", "fine-tuning",
+        "first-order", f"first-order, {cfg.iterative_steps} steps", "second-order CG (head)",
+        f"second-order, {cfg.iterative_steps} steps (head)", "second-order CG (whole model)", "fine-tuning",
         "SISA (5 shards)", "retraining"]
-    assert out[1]["steps"] == cfg.cifar_steps == out[3]["steps"] and out[1]["tau"] == out[0]["tau"] in cfg.taus
+    assert out[1]["steps"] == cfg.iterative_steps == out[3]["steps"] == 10 and out[4]["steps"] == cfg.whole_steps == 1
+    assert out[0]["tau"] in cfg.taus and out[1]["tau"] in cfg.taus  # each chosen on validation data
     lam = out[0]["lambda_max_head"]
     assert any(math.isclose(out[2]["damping"], s * lam) for s in script.DAMPING_SHARES)
     assert out[3]["damping"] == out[4]["damping"] == out[2]["damping"] and out[5]["lr"] in cfg.fine_tune_lrs

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gsmu.base import models
+from gsmu.base import models, train
 from gsmu.mu import poison, unlearn
 from gsmu.mu.influence import Objective
 from gsmu.mu.profiles import LabelPoisoning
@@ -184,6 +184,27 @@ def test_head_update_costs_a_share_of_passes_by_the_counting_rules(mnist_small):
     assert row["passes"] < row["grad_evals"]  # a head-only HVP is not a full pass
     _, retrain = poison.run_method(sc, "retraining")
     assert retrain["passes"] == sc.recipe["epochs"] * len(sc.x)
+
+
+@pytest.mark.parametrize("network", ["mnist", "cifar10"])
+@pytest.mark.parametrize("subset", ["head", "last"])
+def test_head_updates_are_scored_as_the_whole_repaired_model_scores(subset, network):
+    # Head rows are scored from the frozen body's cached outputs; the oracle is the whole repaired model's
+    # forward pass on each split (test and validation hold different images, so a mixed-up split shows).
+    torch.manual_seed(0)
+    model = poison.build_model(network, **({"channels": 4, "dense": 16} if network == "cifar10" else {}))
+    x = torch.rand(300, *model.input_shape, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(2))
+    model.eval()
+    y_bad, rows = poison.flip_labels(y[:200], 0.2, generator=torch.Generator().manual_seed(0))
+    sc = poison.Scenario(network, 0.2, x[:200], y[:200], y_bad, rows, (x[200:250], y[200:250]),
+                         (x[250:], y[250:]), LabelPoisoning.for_profile("quick").recipe, 0, model, model)
+    for _ in range(2):  # the body's outputs computed, then reused
+        repaired, row = poison.run_method(sc, "second-order", subset=subset, curvature="gauss-newton", damping=1e-3,
+                                          max_iter=20)
+        assert row["accuracy"] == unlearn.accuracy(repaired, *sc.test)
+        assert row["val_accuracy"] == unlearn.accuracy(repaired, *sc.val)
+    assert not torch.equal(train.predict_logits(repaired, x).argmax(1), train.predict_logits(model, x).argmax(1))
 
 
 def test_head_update_seconds_fit_inside_the_calls_wall_time(mnist_small):

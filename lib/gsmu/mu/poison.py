@@ -16,7 +16,7 @@ import copy
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -424,14 +424,49 @@ def run_method(scenario: Scenario, method: str, *, subset: str = "all", label: s
         record["grad_evals"] = scenario.recipe["epochs"] * int(torch.isin(sisa.shard_of, affected).sum())
         record["passes"] = cost.passes(gradients=record["grad_evals"])
         model = None
-    scorer = sisa.accuracy if model is None else (lambda x, y: unlearn.accuracy(model, x, y))
+    if model is None:
+        scorer = lambda split: sisa.accuracy(*getattr(scenario, split))
+    elif subset == "all":
+        scorer = _model_scorer(scenario, model)
+    else:
+        scorer = _head_scorer(scenario, model, subset)
     return model, _row(scenario, scorer, record, label or method, subset, options)
 
 
-def _row(scenario: Scenario, scorer, record: dict, label: str, subset: str, options: dict) -> dict:
-    acc = scorer(*scenario.test)
+def _model_scorer(scenario: Scenario, model: nn.Module) -> Callable[[str], float]:
+    return lambda split: unlearn.accuracy(model, *getattr(scenario, split))
+
+
+def _head_scorer(scenario: Scenario, model: nn.Module, subset: str) -> Callable[[str], float]:
+    """Accuracy of a model whose update changed only `subset`, on a split ("test" or "val"): its head applied to
+    the frozen body's outputs, computed once per scenario — the same batches as a forward pass through the
+    whole model (`train.eval_batch_size`), so the same logits bit for bit, without the body's forward per
+    repaired model."""
+    head = _head_modules(model, subset)
+    device = device_of(model)
+
+    def accuracy(split: str) -> float:
+        key = ("scored inputs", subset, split)
+        x, y = getattr(scenario, split)
+        if key not in scenario.head_cache:
+            body = scenario.poisoned.eval()  # the repaired model's body, unchanged
+            scenario.head_cache[key] = head_inputs(body, _head_modules(body, subset), x,
+                                                   batch_size=train.eval_batch_size(device))
+        return train.accuracy(head, scenario.head_cache[key], y, device=device)
+    return accuracy
+
+
+def whole_model_label(steps: int) -> str:
+    """The table's name of the whole-model second-order update in `steps` iterative steps."""
+    return "second-order CG (whole model)" if steps == 1 else f"second-order CG, {steps} steps (whole model)"
+
+
+def _row(scenario: Scenario, scorer: Callable[[str], float], record: dict, label: str, subset: str,
+         options: dict) -> dict:
+    """The table row of one repair; `scorer(split)` is the repaired model's accuracy on "test" or "val"."""
+    acc = scorer("test")
     return {"method": label, "subset": subset, "budget": scenario.budget, "accuracy": acc,
-            "val_accuracy": scorer(*scenario.val), "restored": scenario.restored(acc),
+            "val_accuracy": scorer("val"), "restored": scenario.restored(acc),
             "grad_evals": record["grad_evals"], "passes": record["passes"], "seconds": record["seconds"],
             **_solver_stats(record),
             **{k: record[k] for k in ("preconditioner_hvp_evals", "preconditioner_passes", "preconditioner_seconds")
@@ -471,7 +506,7 @@ def first_order_sweep(scenario: Scenario, taus: list[float], *, label: str = "fi
         model = copy.deepcopy(base)
         space.assign(model, space.flat(base) - tau * g)
         done.models.append(model)
-        done.rows.append(_row(scenario, lambda x, y: unlearn.accuracy(model, x, y), record, label, "all",
+        done.rows.append(_row(scenario, _model_scorer(scenario, model), record, label, "all",
                               {"tau": tau}))
     return done
 
