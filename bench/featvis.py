@@ -7,7 +7,9 @@ Measured in this one run, for each thread count, with the variants interleaved i
 - batched AM: `featvis.visualize` of 10 output units × 8 inits (pixel, SGD+GC, lr 0.1), its rate and its
   fraction of the yardstick (target ≥ 0.67, i.e. within 1.5×);
 - the loop: one unit and one init per call (the way lucent and horama run), `--loop-calls` of the 80 calls
-  timed (`--loop-calls-multi` with several threads, where each call is slow) and scaled to 80; loop ratio = loop time / batched time (target ≥ 5 with one thread);
+  timed (`--loop-calls-multi` with several threads, where each call is slow) and scaled to 80; loop ratio = loop time / batched time (target ≥ 5 with one thread),
+  printed beside its ceiling loop time / yardstick time: where one-image steps are cheap next to a batch's,
+  no batched run can reach the target;
 - with more than one thread: the batched AM at the library's default thread count (`gsmu.base.runtime.
   cpu_threads`: `OMP_NUM_THREADS`, else 1) while torch itself is set to that many threads.
 The thread count reaches the library through `OMP_NUM_THREADS` (read at every call), the yardstick through
@@ -112,7 +114,8 @@ def main() -> None:
             print(f"{threads} thread(s): yardstick {rate['yard']:.0f} images·steps/s; batched AM {t['batched']:.2f} s = "
                   f"{rate['batched']:.0f} images·steps/s, {rate['batched'] / rate['yard']:.2f} of the yardstick "
                   f"(target >= 0.67); loop {t['loop']:.2f} s ({calls} of {N} calls timed), "
-                  f"loop ratio {t['loop'] / t['batched']:.1f}x (target >= 5x with one thread)")
+                  f"loop ratio {t['loop'] / t['batched']:.1f}x (target >= 5x with one thread; "
+                  f"{t['loop'] / t['yard']:.1f}x if the batched AM ran at the yardstick's rate)")
             if "default" in t:
                 print(f"  torch at {threads} threads, library default ({featvis.__name__} via "
                       f"runtime.cpu_threads, 1 thread): batched AM {t['default']:.2f} s = "
