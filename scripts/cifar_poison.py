@@ -41,17 +41,17 @@ def repair(sc: poison.Scenario, cfg: LabelPoisoning, seed: int, sisa: bool, devi
     H of the head from 2000 rows (notebook 07's); the whole model's from `cfg.whole_rows` rows and at most
     `cfg.whole_iterations` CG iterations (each of its products costs a double backward through every conv)."""
     rows_h = min(2000, len(sc.x))
-    rows = []
+    rows, (first_it, second_it) = [], poison.iterative_labels(cfg.iterative_steps)
     first = poison.first_order_sweep(sc, list(cfg.taus), device=device).best()[1]
     rows.append(first)
-    rows.append(poison.sweep(sc, "first-order", "tau", list(cfg.taus), label=f"first-order, {cfg.iterative_steps} steps",
+    rows.append(poison.sweep(sc, "first-order", "tau", list(cfg.taus), label=first_it,
                              steps=cfg.iterative_steps, device=device).best()[1])
     lam = poison.curvature_scale(sc, subset="head", hessian_rows=rows_h, seed=seed)
     gn = dict(curvature="gauss-newton", max_iter=50, hessian_rows=rows_h, seed=seed)
     head = poison.sweep(sc, "second-order", "damping", [s * lam for s in DAMPING_SHARES],
                         label="second-order CG (head)", subset="head", device=device, **gn).best()[1]
     rows.append(head)
-    rows.append(poison.run_method(sc, "second-order", label=f"second-order, {cfg.iterative_steps} steps (head)",
+    rows.append(poison.run_method(sc, "second-order", label=second_it,
                                   subset="head", damping=head["damping"], steps=cfg.iterative_steps, device=device,
                                   **gn)[1])
     rows.append(poison.run_method(sc, "second-order", label=poison.whole_model_label(cfg.whole_steps),

@@ -30,8 +30,8 @@ def test_repair_runs_every_method_with_the_authors_iterative_steps():
                          clean, bad)
     out = script.repair(sc, cfg, seed=0, sisa=True, device="cpu")
     assert [r["method"] for r in out] == [
-        "first-order", f"first-order, {cfg.iterative_steps} steps", "second-order CG (head)",
-        f"second-order, {cfg.iterative_steps} steps (head)", "second-order CG (whole model)", "fine-tuning",
+        "first-order", poison.iterative_labels(cfg.iterative_steps)[0], "second-order CG (head)",
+        poison.iterative_labels(cfg.iterative_steps)[1], "second-order CG (whole model)", "fine-tuning",
         "SISA (5 shards)", "retraining"]
     assert out[1]["steps"] == cfg.iterative_steps == out[3]["steps"] == 10 and out[4]["steps"] == cfg.whole_steps == 1
     assert out[0]["tau"] in cfg.taus and out[1]["tau"] in cfg.taus  # each chosen on validation data

@@ -293,6 +293,13 @@ def head_inputs(model: nn.Module, head: nn.Sequential, x: Tensor, batch_size: in
     return torch.cat(seen)
 
 
+def _body_outputs(scenario: Scenario, subset: str, head: nn.Sequential) -> Tensor:
+    """What the frozen body feeds `head` for the training images, computed once per scenario and subset."""
+    if subset not in scenario.head_cache:
+        scenario.head_cache[subset] = head_inputs(scenario.poisoned, head, scenario.x)
+    return scenario.head_cache[subset]
+
+
 def _unlearn(model: nn.Module, request: unlearn.Request, data: tuple[Tensor, Tensor], method: str,
              device: torch.device, options: dict) -> tuple[nn.Module, dict]:
     if method == "first-order":
@@ -313,9 +320,7 @@ def _update(scenario: Scenario, method: str, subset: str, device: torch.device,
     # body per Hessian-vector product. Those n forward passes are counted as n gradient evaluations.
     head = _head_modules(scenario.poisoned, subset)
     start = time.perf_counter()
-    if subset not in scenario.head_cache:
-        scenario.head_cache[subset] = head_inputs(scenario.poisoned, head, scenario.x)
-    feats = scenario.head_cache[subset]
+    feats = _body_outputs(scenario, subset, head)
     body_seconds = time.perf_counter() - start
     request = unlearn.fix_labels(feats, scenario.y_poisoned, scenario.y_clean, scenario.rows,
                                  num_classes=NUM_CLASSES)
@@ -456,6 +461,11 @@ def _head_scorer(scenario: Scenario, model: nn.Module, subset: str) -> Callable[
     return accuracy
 
 
+def iterative_labels(steps: int) -> tuple[str, str]:
+    """The table's names of the authors' iterative variants: first-order on all parameters, second-order on the head."""
+    return f"first-order, {steps} steps", f"second-order CG, {steps} steps (head)"
+
+
 def whole_model_label(steps: int) -> str:
     """The table's name of the whole-model second-order update in `steps` iterative steps."""
     return "second-order CG (whole model)" if steps == 1 else f"second-order CG, {steps} steps (whole model)"
@@ -528,7 +538,7 @@ def curvature_scale(scenario: Scenario, *, subset: str = "head", curvature: str 
     model, data = scenario.poisoned, scenario.poisoned_data
     if subset != "all":
         model = _head_modules(model, subset)
-        data = (head_inputs(scenario.poisoned, model, scenario.x), scenario.y_poisoned)
+        data = (_body_outputs(scenario, subset, model), scenario.y_poisoned)
     h = Curvature(model, objective(), ParamSpace(model), data, kind=curvature, rows=hessian_rows,
                   generator=torch.Generator().manual_seed(seed))
     return top_eigenvalue(h, h.dim, iterations=iterations, generator=torch.Generator().manual_seed(seed),
