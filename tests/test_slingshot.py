@@ -181,9 +181,11 @@ def test_notebooks_02_to_04_share_one_fine_tuning_budget():
     n04 = profiles.slingshot_settings("quick", unit=0, seed=1)
     assert asdict(n02) == asdict(n03) == asdict(n04)
     budget = profiles.FineTuning.for_profile("quick")
-    assert (n04.lr, n04.steps, n04.check_every) == (budget.lr, budget.steps, budget.check_every)
+    assert (n04.lr, n04.steps, n04.check_every, n04.pres_batch) == (budget.lr, budget.steps, budget.check_every,
+                                                                     budget.pres_batch)
     paper = profiles.slingshot_settings("paper")
     assert (paper.lr, paper.steps) == (1e-3, 30 * profiles.PAPER_EPOCH)  # the authors' 30 epochs at lr 1e-3
+    assert n04.lr == paper.lr  # the quick profile shortens the authors' fine-tuning, it does not change its rate
     assert set(profiles.NOTEBOOKS) >= {"00_models", "01_feature_visualization", "02_slingshot_manipulation",
                                        "03_slingshot_alpha", "04_slingshot_defense"}
     # the small-α end of the quick sweep stops early; the paper profile gives every α the full budget
