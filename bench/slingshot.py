@@ -1,7 +1,7 @@
 """Benchmark: milliseconds per Gradient Slingshot step and the share of a step spent in each part — above all
 the double backward (backpropagating the gradient-form loss MSE(∇_q h, γ(q_t − q)) through the first backward)
 — for the MNIST CNN (pixel parameterization, output unit 0) and the CIFAR-10 VGG-9 A64 (fourier, output unit
-3), both at the authors' batch sizes (manipulation batch 32, preservation batch 64; one epoch = one pass over
+3), both at the paper profile's batch sizes (manipulation batch 32, preservation batch 64; one epoch = one pass over
 the 50k training images = 782 steps; GS paper, Sec. 5). Times are measured on a sample of steps in this one
 run (after warm-up steps) and extrapolated to an epoch; the weights are random (timing does not depend on them).
 On CUDA (`--device cuda`) every part's clock reads after a device synchronize, so a part's time is its own.
