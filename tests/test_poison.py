@@ -294,3 +294,20 @@ def test_lira_shadows_train_like_the_poisoned_model_without_any_flipped_row(mnis
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[3] for a, b in zip(first, seen))
     with pytest.raises(ValueError, match="n_shadow"):
         poison.lira_shadows(sc, 1, seed=0)
+
+
+def test_curvature_scale_is_the_top_eigenvalue_of_the_dense_hessian_on_the_cached_body_outputs(mnist_small):
+    # Oracle: the dense autograd Hessian of the summed cross-entropy over the output layer's parameters, taken on
+    # the frozen body's outputs (there Gauss-Newton is exact: the logits are linear in those parameters).
+    x, y = mnist_small
+    torch.manual_seed(0)
+    sc = _scenario(x.double(), y, models.MnistCNN().double())
+    lam = poison.curvature_scale(sc, subset="last", iterations=500, seed=0)
+    feats = sc.head_cache["last"]  # the body outputs it used are the scenario's cached ones, bit for bit
+    assert torch.equal(feats, poison.head_inputs(sc.poisoned, poison._head_modules(sc.poisoned, "last"), sc.x))
+    w, b = sc.poisoned.out.weight.detach(), sc.poisoned.out.bias.detach()
+    loss = lambda theta: nn.functional.cross_entropy(  # noqa: E731
+        feats @ theta[:w.numel()].view_as(w).T + theta[w.numel():], sc.y_poisoned, reduction="sum")
+    dense = torch.autograd.functional.hessian(loss, torch.cat([w.reshape(-1), b]))
+    assert lam == pytest.approx(torch.linalg.eigvalsh(dense)[-1].item(), rel=1e-6)
+    assert poison.curvature_scale(sc, subset="last", iterations=500, seed=0) == lam  # the cache changes nothing
