@@ -110,6 +110,25 @@ def test_reachable_ssim_is_the_ssim_of_the_point_on_the_straight_path():
         metrics.reachable_ssim(eta, target, steps=10, lr=0.0)
 
 
+def test_tunnel_coordinates_recover_a_point_built_from_its_axis_and_an_orthogonal_offset():
+    from gsmu.base.models import MnistCNN
+    eta = featvis.parameterization("pixel", (1, 28, 28), MnistCNN())  # MNIST's normalization: q ≠ x
+    target = torch.zeros(1, 28, 28)
+    target[0, 10:18, 12:16] = 1.0
+    q_t = eta.inverse(target).flatten()
+    axis = q_t / q_t.norm()
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.randn(3, axis.numel(), generator=gen, dtype=axis.dtype)
+    offsets -= (offsets @ axis)[:, None] * axis  # orthogonal to the axis
+    a, r = torch.tensor([0.0, 0.5, 1.5]) * q_t.norm(), torch.tensor([0.0, 2.0, 7.0])
+    q = a[:, None] * axis + r[:, None] * offsets / offsets.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    along, off = metrics.tunnel_coordinates(eta, target, eta(q.view(3, 1, 28, 28)))
+    torch.testing.assert_close(along, a, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(off, r, atol=1e-4, rtol=1e-5)
+    along_t, off_t = metrics.tunnel_coordinates(eta, target, target[None])  # the target itself: the axis' end
+    assert along_t.item() == pytest.approx(q_t.norm().item(), rel=1e-5) and off_t.item() == pytest.approx(0, abs=1e-4)
+
+
 def test_compare_matches_independent_accuracy_auroc_and_top_k():
     torch.manual_seed(0)
     before, after = (nn.Sequential(nn.Flatten(), nn.Linear(256, 3)) for _ in range(2))

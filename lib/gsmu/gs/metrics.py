@@ -1,6 +1,6 @@
 """Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, and the SSIM
 ceiling of an AM budget), the AUROC of a unit's activation for its own class (scikit-learn), and the
-top-k Jaccard overlap of natural examples before and after. Accuracy is `gsmu.base.train.accuracy`;
+top-k Jaccard overlap of natural examples before and after, and where FVs lie relative to the manipulation's tunnel. Accuracy is `gsmu.base.train.accuracy`;
 `compare` gathers all of them for a model before and after a manipulation.
 """
 from __future__ import annotations
@@ -64,6 +64,22 @@ def reachable_ssim(eta: featvis.Parameterization, target: torch.Tensor, steps: i
     reach = min(1.0, steps * lr * clip / q_t.norm().clamp(min=1e-12).item())
     with torch.no_grad():
         return ssim(eta(reach * q_t[None]), target).item()
+
+
+def tunnel_coordinates(eta: featvis.Parameterization, target: torch.Tensor,
+                       images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where images lie relative to the slingshot's tunnel axis, the straight line from q = 0 to q_t = η⁻¹(target):
+    per image x = η(q), the distance travelled along the axis (‖q_t‖ at the target) and the distance from it.
+
+    The manipulation trains the unit's gradient on points within σ of that axis only (Sec. 4), so an FV whose
+    distance from the axis grows past that tube follows a gradient field the manipulation never shaped. Meant for
+    the pixel parameterization, where η⁻¹ is exact.
+    """
+    q_t = eta.inverse(target.to(eta.mean)).flatten()
+    axis = q_t / q_t.norm().clamp(min=1e-12)
+    q = eta.inverse(images.detach().to(eta.mean).reshape(-1, *target.shape[-3:])).flatten(1)
+    along = q @ axis
+    return along, (q - along[:, None] * axis).norm(dim=1)
 
 
 def topk_jaccard(before: torch.Tensor, after: torch.Tensor) -> float:
