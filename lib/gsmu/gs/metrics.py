@@ -1,7 +1,8 @@
-"""Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of FVs to the target image (SSIM via torchmetrics, MSE, and the SSIM
-ceiling of an AM budget), the AUROC of a unit's activation for its own class (scikit-learn), and the
-top-k Jaccard overlap of natural examples before and after, and where FVs lie relative to the manipulation's tunnel. Accuracy is `gsmu.base.train.accuracy`;
-`compare` gathers all of them for a model before and after a manipulation.
+"""Evaluation of a feature-visualization manipulation (Gradient Slingshots, Sec. 5 "Evaluation"): similarity of
+FVs to the target image (SSIM via torchmetrics, MSE, and the SSIM ceiling of an AM budget), the AUROC of a unit's
+activation for its own class (scikit-learn), the top-k Jaccard overlap of natural examples before and after, and
+where FVs lie relative to the manipulation's tunnel. Accuracy is `gsmu.base.train.accuracy`; `compare` gathers
+all of them for a model before and after a manipulation.
 """
 from __future__ import annotations
 
